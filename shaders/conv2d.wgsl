@@ -1,0 +1,77 @@
+// Convolution as a matrix product, NHWC activations, kernels [kh, kw, cin, cout].
+//
+// im2col: cols[m, k] with m = (n, oy, ox) and k = (ky, kx, ci) is the input
+// pixel the kernel tap k sees for output pixel m (zero in the padding), so
+// the convolution is cols · W. col2im is its adjoint: each input pixel sums
+// the columns that read it (a gather, so no atomics are needed).
+//
+// Grids are (ceil(width·channels / 64), rows, images): the workgroup id
+// supplies the row and image, so lanes only split a short run of one image
+// row, and `divmod` stays exact and cheap.
+
+struct Params {
+  n: u32, h: u32, w: u32, cin: u32,
+  oh: u32, ow: u32, kh: u32, kw: u32,
+  stride: u32, pad_top: u32, pad_left: u32, k: u32,  // k = kh * kw * cin
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> src: array<f32>;
+@group(0) @binding(2) var<storage, read_write> dst: array<f32>;
+
+// One workgroup: a run of 64 (ox, k) pairs of output row (n, oy).
+@compute @workgroup_size(64)
+fn im2col(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+  let t = wg.x * 64u + li;
+  if (t >= p.ow * p.k) { return; }
+  let oy = wg.y;
+  let n = wg.z;
+  let ox_k = divmod(t, p.k);
+  let ox = ox_k.x;
+  let tap_ci = divmod(ox_k.y, p.cin);
+  let ky_kx = divmod(tap_ci.x, p.kw);
+  // Signed: the padding makes the first taps fall before the image.
+  let iy = i32(oy * p.stride + ky_kx.x) - i32(p.pad_top);
+  let ix = i32(ox * p.stride + ky_kx.y) - i32(p.pad_left);
+  var v = 0.0;
+  if (iy >= 0 && iy < i32(p.h) && ix >= 0 && ix < i32(p.w)) {
+    v = src[((n * p.h + u32(iy)) * p.w + u32(ix)) * p.cin + tap_ci.y];
+  }
+  dst[((n * p.oh + oy) * p.ow) * p.k + t] = v;
+}
+
+// One workgroup: a run of 64 (ix, ci) pairs of input row (n, iy).
+@compute @workgroup_size(64)
+fn col2im(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+  let t = wg.x * 64u + li;
+  if (t >= p.w * p.cin) { return; }
+  let iy = wg.y;
+  let n = wg.z;
+  let ix_ci = divmod(t, p.cin);
+  var s = 0.0;
+  for (var ky = 0u; ky < p.kh; ky++) {
+    // Output row oy reads input row iy through tap ky when oy·stride + ky - pad = iy.
+    let y = i32(iy + p.pad_top) - i32(ky);
+    if (y < 0) { break; }
+    let qy = divmod(u32(y), p.stride);
+    if (qy.y != 0u || qy.x >= p.oh) { continue; }
+    for (var kx = 0u; kx < p.kw; kx++) {
+      let x = i32(ix_ci.x + p.pad_left) - i32(kx);
+      if (x < 0) { break; }
+      let qx = divmod(u32(x), p.stride);
+      if (qx.y != 0u || qx.x >= p.ow) { continue; }
+      let m = (n * p.oh + qy.x) * p.ow + qx.x;
+      s += src[m * p.k + (ky * p.kw + kx) * p.cin + ix_ci.y];
+    }
+  }
+  dst[((n * p.h + iy) * p.w) * p.cin + t] = s;
+}
+
+// dst[j, i] = src[i, j] for src of shape [rows = h, cols = w]; grid (ceil(w / 64), h).
+@compute @workgroup_size(64)
+fn transpose(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+  let j = wg.x * 64u + li;
+  let i = wg.y;
+  if (j >= p.w) { return; }
+  dst[j * p.h + i] = src[i * p.w + j];
+}

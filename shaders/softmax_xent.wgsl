@@ -1,0 +1,125 @@
+// Softmax over the classes of each row of logits [n, k], categorical
+// cross-entropy against one-hot (or soft) targets [n, k], and the two fused
+// (the fused backward is simply (softmax - target) / n). Batch sums run in
+// one workgroup: the batch is small and it keeps the result deterministic.
+
+struct Params {
+  n: u32, k: u32, pad0: u32, pad1: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> a: array<f32>;
+@group(0) @binding(2) var<storage, read> b: array<f32>;
+@group(0) @binding(3) var<storage, read> dl: array<f32>;   // the loss gradient (one value)
+@group(0) @binding(4) var<storage, read_write> out: array<f32>;
+@group(0) @binding(5) var<storage, read_write> metrics: array<f32>;
+
+var<workgroup> loss_part: array<f32, 64>;
+var<workgroup> hit_part: array<f32, 64>;
+
+fn softmax_row(row: u32) {
+  var mx = a[row * p.k];
+  for (var j = 1u; j < p.k; j++) { mx = max(mx, a[row * p.k + j]); }
+  var s = 0.0;
+  for (var j = 0u; j < p.k; j++) { s += exp(a[row * p.k + j] - mx); }
+  for (var j = 0u; j < p.k; j++) { out[row * p.k + j] = exp(a[row * p.k + j] - mx) / s; }
+}
+
+// a = logits, out = probabilities. Linear grid over rows.
+@compute @workgroup_size(64)
+fn softmax(@builtin(global_invocation_id) gid: vec3<u32>) {
+  if (gid.x >= p.n) { return; }
+  softmax_row(gid.x);
+}
+
+// dx = y * (dy - sum(dy * y)); a = y (probabilities), b = dy.
+@compute @workgroup_size(64)
+fn softmax_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
+  let row = gid.x;
+  if (row >= p.n) { return; }
+  var dot = 0.0;
+  for (var j = 0u; j < p.k; j++) { dot += a[row * p.k + j] * b[row * p.k + j]; }
+  for (var j = 0u; j < p.k; j++) { out[row * p.k + j] = a[row * p.k + j] * (b[row * p.k + j] - dot); }
+}
+
+// Per row: loss = -sum target * log(prob) (prob clipped like Keras to
+// [1e-7, 1 - 1e-7]) and hit = argmax(prob) == argmax(target).
+fn row_loss(row: u32, from_logits: bool) -> vec2<f32> {
+  var mx = a[row * p.k];
+  var best = 0u;
+  var tbest = 0u;
+  for (var j = 1u; j < p.k; j++) {
+    let v = a[row * p.k + j];
+    if (v > mx) { mx = v; best = j; }
+    if (b[row * p.k + j] > b[row * p.k + tbest]) { tbest = j; }
+  }
+  var loss = 0.0;
+  if (from_logits) {
+    var s = 0.0;
+    for (var j = 0u; j < p.k; j++) { s += exp(a[row * p.k + j] - mx); }
+    let lse = mx + log(s);
+    for (var j = 0u; j < p.k; j++) { loss -= b[row * p.k + j] * (a[row * p.k + j] - lse); }
+  } else {
+    for (var j = 0u; j < p.k; j++) {
+      loss -= b[row * p.k + j] * log(clamp(a[row * p.k + j], 1e-7, 1.0 - 1e-7));
+    }
+  }
+  return vec2<f32>(loss, select(0.0, 1.0, best == tbest));
+}
+
+fn batch_metrics(li: u32, from_logits: bool) {
+  var l = 0.0;
+  var h = 0.0;
+  for (var row = li; row < p.n; row += 64u) {
+    let r = row_loss(row, from_logits);
+    l += r.x;
+    h += r.y;
+  }
+  loss_part[li] = l;
+  hit_part[li] = h;
+  workgroupBarrier();
+  if (li == 0u) {
+    var tl = 0.0;
+    var th = 0.0;
+    for (var i = 0u; i < 64u; i++) { tl += loss_part[i]; th += hit_part[i]; }
+    metrics[0] = tl / f32(p.n);
+    metrics[1] = th;
+  }
+}
+
+// a = probabilities, b = targets: metrics = [mean loss, correct count]. One workgroup.
+@compute @workgroup_size(64)
+fn xent(@builtin(local_invocation_index) li: u32) {
+  batch_metrics(li, false);
+}
+
+// d loss / d prob = -target / prob / n (zero where Keras' clip is active); a = probs, b = targets.
+@compute @workgroup_size(64)
+fn xent_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
+  let row = gid.x;
+  if (row >= p.n) { return; }
+  for (var j = 0u; j < p.k; j++) {
+    let q = a[row * p.k + j];
+    var g = 0.0;
+    if (q > 1e-7 && q < 1.0 - 1e-7) { g = -b[row * p.k + j] / q; }
+    out[row * p.k + j] = g * dl[0] / f32(p.n);
+  }
+}
+
+// a = logits, b = targets: out = probabilities, metrics = [mean loss, correct count]. One workgroup.
+@compute @workgroup_size(64)
+fn softmax_xent(@builtin(local_invocation_index) li: u32) {
+  for (var row = li; row < p.n; row += 64u) { softmax_row(row); }
+  batch_metrics(li, true);
+}
+
+// a = probabilities, b = targets: d loss / d logits = (prob - target) * dloss / n.
+@compute @workgroup_size(64)
+fn softmax_xent_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
+  let row = gid.x;
+  if (row >= p.n) { return; }
+  for (var j = 0u; j < p.k; j++) {
+    let i = row * p.k + j;
+    out[i] = (a[i] - b[i]) * dl[0] / f32(p.n);
+  }
+}

@@ -1,0 +1,103 @@
+//! Per-column sums of an [m, c] matrix in two stages (see `shaders/reduce.wgsl`):
+//! bias gradients and the batch-norm statistics.
+
+use anyhow::Result;
+use bytemuck::{Pod, Zeroable};
+
+use crate::{Gpu, Shader, Tensor};
+
+const SHADER: Shader = Shader {
+    name: "reduce",
+    source: include_str!("../../shaders/reduce.wgsl"),
+};
+
+/// What each column accumulates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sum {
+    /// Σ x
+    Plain,
+    /// Σ (x − mean)², with `stats` = [mean | ...]
+    Squares,
+    /// [Σ dy | Σ dy·(x − mean)·invstd], with `stats` = [mean | invstd]
+    BatchNormBackward,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Params {
+    m: u32,
+    c: u32,
+    rows_per_chunk: u32,
+    chunks: u32,
+    mode: u32,
+    pad: [u32; 3],
+}
+
+/// Chunks of at least 128 rows, at most 64 chunks: enough workgroups for
+/// every core, few enough partial rows for `finish`.
+fn chunking(m: usize) -> (usize, usize) {
+    let chunks = m.div_ceil(128).clamp(1, 64);
+    (m.div_ceil(chunks), chunks)
+}
+
+/// Column sums of `x` ([m, c] as a flat tensor). Returns [c], or [2, c] for
+/// `Sum::BatchNormBackward`.
+pub fn column_sums(
+    gpu: &Gpu,
+    mode: Sum,
+    x: &Tensor,
+    dy: Option<&Tensor>,
+    stats: Option<&Tensor>,
+    c: usize,
+) -> Result<Tensor> {
+    let m = x.len() / c;
+    let (rows_per_chunk, chunks) = chunking(m);
+    let outputs = if mode == Sum::BatchNormBackward { 2 } else { 1 };
+    let part = gpu.empty(&[outputs, chunks, c])?;
+    let mut params = Params {
+        m: m as u32,
+        c: c as u32,
+        rows_per_chunk: rows_per_chunk as u32,
+        chunks: chunks as u32,
+        mode: mode as u32,
+        pad: [0; 3],
+    };
+    let partial = gpu.kernel(&SHADER, "partial", &[]);
+    // The `partial` entry point uses every binding (its modes do), so absent
+    // inputs are bound to a dummy.
+    let dummy = gpu.dummy()?;
+    let bindings = [
+        (1, x),
+        (2, dy.unwrap_or(&dummy)),
+        (3, stats.unwrap_or(&dummy)),
+        (4, &part),
+    ];
+    let groups = c.div_ceil(64) as u32;
+    gpu.dispatch_xyz(
+        &partial,
+        bytemuck::bytes_of(&params),
+        &bindings,
+        [groups, chunks as u32, 1],
+    )?;
+
+    let shape = if outputs == 2 { vec![2, c] } else { vec![c] };
+    let out = gpu.empty(&shape)?;
+    params.mode = 0;
+    let finish = gpu.kernel(&SHADER, "finish", &[]);
+    gpu.dispatch_xyz(
+        &finish,
+        bytemuck::bytes_of(&params),
+        &[(1, &part), (4, &out)],
+        [groups, outputs as u32, 1],
+    )?;
+    Ok(out)
+}
+
+/// CPU reference: Σ over rows of an [m, c] matrix.
+pub fn cpu_column_sums(x: &[f64], c: usize) -> Vec<f64> {
+    let mut s = vec![0.0; c];
+    for (i, v) in x.iter().enumerate() {
+        s[i % c] += v;
+    }
+    s
+}

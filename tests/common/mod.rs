@@ -1,0 +1,73 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+use wgfer::{Gpu, Tensor};
+
+/// A GPU context that poisons every op output with NaN, so an element a
+/// kernel forgets to write makes the comparison fail.
+pub fn gpu() -> Gpu {
+    let gpu = Gpu::new(None)
+        .unwrap_or_else(|e| panic!("tests need a GPU adapter (lavapipe will do): {e:#}"));
+    gpu.set_poison_outputs(true);
+    gpu
+}
+
+/// A fresh generator per call: each run draws new inputs (the seed is printed
+/// so a failure can be replayed with WGFER_TEST_SEED).
+pub fn rng() -> StdRng {
+    let seed = std::env::var("WGFER_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random::<u64>);
+    eprintln!("random inputs from seed {seed} (set WGFER_TEST_SEED={seed} to replay)");
+    StdRng::seed_from_u64(seed)
+}
+
+pub fn random(rng: &mut StdRng, n: usize) -> Vec<f32> {
+    (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
+}
+
+pub fn f64s(x: &[f32]) -> Vec<f64> {
+    x.iter().map(|&v| v as f64).collect()
+}
+
+pub fn upload(gpu: &Gpu, shape: &[usize], data: &[f32]) -> Tensor {
+    gpu.upload(shape, data).expect("upload")
+}
+
+pub fn read(gpu: &Gpu, t: &Tensor) -> Vec<f32> {
+    gpu.read(t).expect("read back")
+}
+
+/// ‖got − want‖ / ‖want‖ (absolute when want is all zeros).
+pub fn rel_err(got: &[f32], want: &[f64]) -> f64 {
+    assert_eq!(got.len(), want.len(), "lengths differ");
+    let num: f64 = got
+        .iter()
+        .zip(want)
+        .map(|(g, w)| (*g as f64 - w).powi(2))
+        .sum::<f64>()
+        .sqrt();
+    let den: f64 = want.iter().map(|w| w * w).sum::<f64>().sqrt();
+    if den == 0.0 { num } else { num / den }
+}
+
+pub const TOLERANCE: f64 = 1e-4;
+
+/// Compare a GPU result with its CPU reference; NaN anywhere fails.
+pub fn check(what: &str, got: &[f32], want: &[f64]) {
+    if let Some(i) = got.iter().position(|v| !v.is_finite()) {
+        panic!(
+            "{what}: element {i} of {} is {} (unwritten or overflowed)",
+            got.len(),
+            got[i]
+        );
+    }
+    let e = rel_err(got, want);
+    assert!(
+        e <= TOLERANCE,
+        "{what}: relative error {e:.3e} > {TOLERANCE:e}"
+    );
+}

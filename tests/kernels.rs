@@ -1,0 +1,580 @@
+//! Every kernel, forward and backward, against its CPU reference on fresh
+//! random inputs: awkward shapes (odd sizes, batch 1, stride 2, 1×1 / 3×3 /
+//! 7×7 kernels, channels not a multiple of 4) and the tutorial ResNet's own.
+
+mod common;
+
+use common::*;
+use wgfer::ops::batchnorm::{BatchNorm, BnParams};
+use wgfer::ops::conv2d::{Conv2d, Padding};
+use wgfer::ops::dense::Dense;
+use wgfer::ops::gemm::{Gemm, Strides};
+use wgfer::ops::pool::Pool2d;
+use wgfer::ops::{adam, batchnorm, conv2d, dense, elementwise, gemm, pool, reduce, softmax_xent};
+
+/// (input NHWC, cout, kernel, stride, padding)
+fn conv_cases() -> Vec<([usize; 4], usize, usize, usize, Padding)> {
+    vec![
+        ([1, 5, 7, 3], 5, 3, 1, Padding::Same),
+        ([2, 9, 8, 5], 7, 3, 2, Padding::Valid),
+        ([3, 6, 6, 6], 10, 1, 1, Padding::Valid),
+        ([1, 11, 11, 2], 3, 1, 2, Padding::Valid),
+        ([2, 13, 12, 1], 6, 7, 2, Padding::Zeros(3)),
+        ([1, 4, 5, 9], 4, 3, 1, Padding::Zeros(2)),
+        ([2, 6, 7, 3], 5, 7, 1, Padding::Same),
+        // The tutorial ResNet's convolutions (batch 2).
+        ([2, 48, 48, 1], 64, 7, 2, Padding::Zeros(3)),
+        ([2, 11, 11, 64], 64, 1, 1, Padding::Valid),
+        ([2, 5, 5, 64], 64, 3, 1, Padding::Same),
+        ([2, 5, 5, 64], 256, 1, 1, Padding::Valid),
+        ([2, 11, 11, 64], 256, 1, 1, Padding::Valid),
+        ([2, 5, 5, 256], 64, 1, 1, Padding::Valid),
+        ([2, 5, 5, 256], 128, 1, 1, Padding::Valid),
+        ([2, 2, 2, 128], 128, 3, 1, Padding::Same),
+        ([2, 2, 2, 128], 512, 1, 1, Padding::Valid),
+        ([2, 5, 5, 256], 512, 1, 1, Padding::Valid),
+        ([2, 2, 2, 512], 128, 1, 1, Padding::Valid),
+    ]
+}
+
+#[test]
+fn conv2d_forward_grad_input_grad_weight_grad_bias() {
+    let gpu = gpu();
+    let mut rng = rng();
+    for (input, cout, k, stride, padding) in conv_cases() {
+        let c = Conv2d::new(&input, cout, [k, k], stride, padding).unwrap();
+        let what = format!("{input:?} -> {cout}, {k}x{k}/{stride} {padding:?}");
+        let x = random(&mut rng, input.iter().product());
+        let w = random(&mut rng, c.k() * cout);
+        let b = random(&mut rng, cout);
+        let dy = random(&mut rng, c.m() * cout);
+        let (xt, wt, bt) = (
+            upload(&gpu, &input, &x),
+            upload(&gpu, &c.weight_shape(), &w),
+            upload(&gpu, &[cout], &b),
+        );
+        let dyt = upload(&gpu, &c.output_shape(), &dy);
+        let (y, cols) = c.forward(&gpu, &xt, &wt, &bt).unwrap();
+        check(
+            &format!("conv2d_forward {what}"),
+            &read(&gpu, &y),
+            &conv2d::cpu::forward(&c, &f64s(&x), &f64s(&w), &f64s(&b)),
+        );
+        let dx = c.grad_input(&gpu, &dyt, &wt).unwrap();
+        check(
+            &format!("conv2d_grad_input {what}"),
+            &read(&gpu, &dx),
+            &conv2d::cpu::grad_input(&c, &f64s(&dy), &f64s(&w)),
+        );
+        let dw = c.grad_weight(&gpu, &cols, &dyt).unwrap();
+        check(
+            &format!("conv2d_grad_weight {what}"),
+            &read(&gpu, &dw),
+            &conv2d::cpu::grad_weight(&c, &f64s(&x), &f64s(&dy)),
+        );
+        let db = c.grad_bias(&gpu, &dyt).unwrap();
+        check(
+            &format!("conv2d_grad_bias {what}"),
+            &read(&gpu, &db),
+            &conv2d::cpu::grad_bias(&c, &f64s(&dy)),
+        );
+    }
+}
+
+#[test]
+fn conv2d_first_layer_at_batch_64() {
+    let gpu = gpu();
+    let mut rng = rng();
+    let c = Conv2d::new(&[64, 48, 48, 1], 64, [7, 7], 2, Padding::Zeros(3)).unwrap();
+    let x = random(&mut rng, 64 * 48 * 48);
+    let w = random(&mut rng, c.k() * 64);
+    let b = random(&mut rng, 64);
+    let (y, _) = c
+        .forward(
+            &gpu,
+            &upload(&gpu, &[64, 48, 48, 1], &x),
+            &upload(&gpu, &c.weight_shape(), &w),
+            &upload(&gpu, &[64], &b),
+        )
+        .unwrap();
+    check(
+        "conv2d_forward conv1 batch 64",
+        &read(&gpu, &y),
+        &conv2d::cpu::forward(&c, &f64s(&x), &f64s(&w), &f64s(&b)),
+    );
+}
+
+#[test]
+fn gemm_shapes_and_transposed_a_and_accumulate() {
+    let gpu = gpu();
+    let mut rng = rng();
+    for (m, k, n) in [
+        (1, 1, 1),
+        (17, 3, 5),
+        (33, 65, 64),
+        (100, 7, 130),
+        (5, 300, 12),
+        (64, 512, 5),
+    ] {
+        for transposed in [false, true] {
+            for accumulate in [false, true] {
+                let a = random(&mut rng, m * k);
+                let b = random(&mut rng, k * n);
+                let bias = random(&mut rng, n);
+                let c0 = random(&mut rng, m * n);
+                let strides = if transposed {
+                    Strides::transposed(m)
+                } else {
+                    Strides::rows(k)
+                };
+                let g = Gemm {
+                    m,
+                    n,
+                    k,
+                    a: strides,
+                    accumulate,
+                };
+                let ct = upload(&gpu, &[m, n], &c0);
+                g.run(
+                    &gpu,
+                    &upload(&gpu, &[m * k], &a),
+                    &upload(&gpu, &[k, n], &b),
+                    Some(&upload(&gpu, &[n], &bias)),
+                    &ct,
+                )
+                .unwrap();
+                let mut want: Vec<f32> = c0.clone();
+                gemm::cpu(&g, &a, &b, Some(&bias), &mut want);
+                check(
+                    &format!("gemm {m}x{k}x{n} transposed={transposed} acc={accumulate}"),
+                    &read(&gpu, &ct),
+                    &f64s(&want),
+                );
+            }
+        }
+    }
+}
+
+fn pool_cases() -> Vec<([usize; 4], usize, usize)> {
+    vec![
+        ([1, 5, 5, 3], 2, 2),
+        ([2, 7, 9, 5], 3, 2),
+        ([1, 4, 4, 1], 1, 1),
+        ([2, 6, 5, 7], 3, 1),
+        // The model's: stem max-pool 3/2, the blocks' 2/2, the final average 2/2.
+        ([2, 24, 24, 64], 3, 2),
+        ([2, 11, 11, 64], 2, 2),
+        ([2, 11, 11, 256], 2, 2),
+        ([2, 5, 5, 128], 2, 2),
+        ([2, 5, 5, 512], 2, 2),
+        ([2, 2, 2, 512], 2, 2),
+    ]
+}
+
+#[test]
+fn max_pool_forward_backward() {
+    let gpu = gpu();
+    let mut rng = rng();
+    for (input, size, stride) in pool_cases() {
+        let p = Pool2d::new(&input, size, stride).unwrap();
+        let x = random(&mut rng, input.iter().product());
+        let dy = random(&mut rng, p.output_shape().iter().product());
+        let (y, arg) = p.max_forward(&gpu, &upload(&gpu, &input, &x)).unwrap();
+        let (want, _) = pool::cpu::max_forward(&p, &f64s(&x));
+        check(
+            &format!("max_pool_forward {input:?} {size}/{stride}"),
+            &read(&gpu, &y),
+            &want,
+        );
+        let dx = p
+            .max_backward(&gpu, &upload(&gpu, &p.output_shape(), &dy), &arg)
+            .unwrap();
+        let want = pool::cpu::max_backward(&p, &f64s(&x), &f64s(&dy));
+        check(
+            &format!("max_pool_backward {input:?} {size}/{stride}"),
+            &read(&gpu, &dx),
+            &want,
+        );
+    }
+}
+
+#[test]
+fn max_pool_ties_go_to_the_first_maximum() {
+    let gpu = gpu();
+    let p = Pool2d::new(&[1, 2, 2, 1], 2, 2).unwrap();
+    let (_, arg) = p
+        .max_forward(&gpu, &upload(&gpu, &[1, 2, 2, 1], &[0.5, 1.0, 1.0, 1.0]))
+        .unwrap();
+    let dx = p
+        .max_backward(&gpu, &upload(&gpu, &[1, 1, 1, 1], &[3.0]), &arg)
+        .unwrap();
+    assert_eq!(read(&gpu, &dx), vec![0.0, 3.0, 0.0, 0.0]);
+}
+
+#[test]
+fn average_pool_forward_backward() {
+    let gpu = gpu();
+    let mut rng = rng();
+    for (input, size, stride) in pool_cases() {
+        let p = Pool2d::new(&input, size, stride).unwrap();
+        let x = random(&mut rng, input.iter().product());
+        let dy = random(&mut rng, p.output_shape().iter().product());
+        let y = p.avg_forward(&gpu, &upload(&gpu, &input, &x)).unwrap();
+        check(
+            &format!("avg_pool_forward {input:?} {size}/{stride}"),
+            &read(&gpu, &y),
+            &pool::cpu::avg_forward(&p, &f64s(&x)),
+        );
+        let dx = p
+            .avg_backward(&gpu, &upload(&gpu, &p.output_shape(), &dy))
+            .unwrap();
+        check(
+            &format!("avg_pool_backward {input:?} {size}/{stride}"),
+            &read(&gpu, &dx),
+            &pool::cpu::avg_backward(&p, &f64s(&dy)),
+        );
+    }
+}
+
+fn bn_cases() -> Vec<(usize, usize)> {
+    // (rows = n·h·w, channels)
+    vec![
+        (1, 3),
+        (7, 5),
+        (30, 13),
+        (300, 6),
+        (2 * 24 * 24, 64),
+        (64 * 25, 256),
+        (64 * 4, 512),
+        (64 * 121, 64),
+    ]
+}
+
+#[test]
+fn batchnorm_forward_train_infer_backward() {
+    let gpu = gpu();
+    let mut rng = rng();
+    for (m, c) in bn_cases() {
+        let bn = BatchNorm::new(c);
+        // A shifted, scaled input so that the variance is not trivially 1/3.
+        let x: Vec<f32> = random(&mut rng, m * c)
+            .iter()
+            .map(|v| 3.0 * v + 0.5)
+            .collect();
+        let gamma = random(&mut rng, c);
+        let beta = random(&mut rng, c);
+        let mm = random(&mut rng, c);
+        let mv: Vec<f32> = random(&mut rng, c).iter().map(|v| v.abs() + 0.1).collect();
+        let dy = random(&mut rng, m * c);
+        let (gt, bt) = (upload(&gpu, &[c], &gamma), upload(&gpu, &[c], &beta));
+        let (mmt, mvt) = (upload(&gpu, &[c], &mm), upload(&gpu, &[c], &mv));
+        let params = BnParams {
+            gamma: &gt,
+            beta: &bt,
+            moving_mean: &mmt,
+            moving_var: &mvt,
+        };
+        let xt = upload(&gpu, &[m, c], &x);
+        let eps = batchnorm::EPSILON as f64;
+
+        let y = bn.forward_infer(&gpu, &xt, &params).unwrap();
+        let want = batchnorm::cpu::normalize(
+            &f64s(&x),
+            c,
+            &f64s(&mm),
+            &f64s(&mv),
+            &f64s(&gamma),
+            &f64s(&beta),
+            eps,
+        );
+        check(
+            &format!("batchnorm_forward_infer {m}x{c}"),
+            &read(&gpu, &y),
+            &want,
+        );
+
+        let (y, stats) = bn.forward_train(&gpu, &xt, &params).unwrap();
+        let (want, mean, var) =
+            batchnorm::cpu::forward_train(&f64s(&x), c, &f64s(&gamma), &f64s(&beta), eps);
+        check(
+            &format!("batchnorm_forward_train {m}x{c}"),
+            &read(&gpu, &y),
+            &want,
+        );
+        let mom = batchnorm::MOMENTUM as f64;
+        let want_mm: Vec<f64> = mm
+            .iter()
+            .zip(&mean)
+            .map(|(o, b)| mom * *o as f64 + (1.0 - mom) * b)
+            .collect();
+        let want_mv: Vec<f64> = mv
+            .iter()
+            .zip(&var)
+            .map(|(o, b)| mom * *o as f64 + (1.0 - mom) * b)
+            .collect();
+        check(
+            &format!("batchnorm moving mean {m}x{c}"),
+            &read(&gpu, &mmt),
+            &want_mm,
+        );
+        check(
+            &format!("batchnorm moving variance {m}x{c}"),
+            &read(&gpu, &mvt),
+            &want_mv,
+        );
+
+        let g = bn
+            .backward(&gpu, &xt, &upload(&gpu, &[m, c], &dy), &stats, &gt)
+            .unwrap();
+        let (dx, dgamma, dbeta) =
+            batchnorm::cpu::backward(&f64s(&x), &f64s(&dy), c, &f64s(&gamma), eps);
+        // With one row, x − mean is 0 and dx is exactly 0.
+        if m > 1 {
+            check(
+                &format!("batchnorm_grad_input {m}x{c}"),
+                &read(&gpu, &g.dx),
+                &dx,
+            );
+            check(
+                &format!("batchnorm_grad_gamma {m}x{c}"),
+                &read(&gpu, &g.dgamma),
+                &dgamma,
+            );
+        }
+        check(
+            &format!("batchnorm_grad_beta {m}x{c}"),
+            &read(&gpu, &g.dbeta),
+            &dbeta,
+        );
+    }
+}
+
+#[test]
+fn relu_forward_backward_and_add() {
+    let gpu = gpu();
+    let mut rng = rng();
+    for len in [1, 7, 255, 256, 257, 64 * 24 * 24 * 64] {
+        let x = random(&mut rng, len);
+        let b = random(&mut rng, len);
+        let xt = upload(&gpu, &[len], &x);
+        let y = elementwise::relu(&gpu, &xt).unwrap();
+        let yv = read(&gpu, &y);
+        check(
+            &format!("relu_forward {len}"),
+            &yv,
+            &elementwise::cpu::relu(&f64s(&x)),
+        );
+        let dx = elementwise::relu_backward(&gpu, &y, &upload(&gpu, &[len], &b)).unwrap();
+        check(
+            &format!("relu_backward {len}"),
+            &read(&gpu, &dx),
+            &elementwise::cpu::relu_backward(&f64s(&yv), &f64s(&b)),
+        );
+        let s = elementwise::add(&gpu, &xt, &upload(&gpu, &[len], &b)).unwrap();
+        check(
+            &format!("add_forward {len}"),
+            &read(&gpu, &s),
+            &elementwise::cpu::add(&f64s(&x), &f64s(&b)),
+        );
+    }
+}
+
+#[test]
+fn dense_forward_grad_input_grad_weight_grad_bias() {
+    let gpu = gpu();
+    let mut rng = rng();
+    for (n, i, o) in [
+        (1, 1, 1),
+        (3, 7, 5),
+        (64, 512, 5),
+        (17, 33, 12),
+        (256, 512, 7),
+    ] {
+        let d = Dense::new(&[n, i], o).unwrap();
+        let x = random(&mut rng, n * i);
+        let w = random(&mut rng, i * o);
+        let b = random(&mut rng, o);
+        let dy = random(&mut rng, n * o);
+        let (xt, wt) = (upload(&gpu, &[n, i], &x), upload(&gpu, &[i, o], &w));
+        let dyt = upload(&gpu, &[n, o], &dy);
+        let y = d.forward(&gpu, &xt, &wt, &upload(&gpu, &[o], &b)).unwrap();
+        check(
+            &format!("dense_forward {n}x{i}->{o}"),
+            &read(&gpu, &y),
+            &dense::cpu::forward(&d, &f64s(&x), &f64s(&w), &f64s(&b)),
+        );
+        let dx = d.grad_input(&gpu, &dyt, &wt).unwrap();
+        check(
+            &format!("dense_grad_input {n}x{i}->{o}"),
+            &read(&gpu, &dx),
+            &dense::cpu::grad_input(&d, &f64s(&dy), &f64s(&w)),
+        );
+        let dw = d.grad_weight(&gpu, &xt, &dyt).unwrap();
+        check(
+            &format!("dense_grad_weight {n}x{i}->{o}"),
+            &read(&gpu, &dw),
+            &dense::cpu::grad_weight(&d, &f64s(&x), &f64s(&dy)),
+        );
+        let db = d.grad_bias(&gpu, &dyt).unwrap();
+        check(
+            &format!("dense_grad_bias {n}x{i}->{o}"),
+            &read(&gpu, &db),
+            &reduce::cpu_column_sums(&f64s(&dy), o),
+        );
+    }
+}
+
+fn one_hot(rng: &mut rand::rngs::StdRng, n: usize, k: usize) -> Vec<f32> {
+    use rand::RngExt;
+    let mut t = vec![0.0; n * k];
+    for r in 0..n {
+        t[r * k + rng.random_range(0..k)] = 1.0;
+    }
+    t
+}
+
+#[test]
+fn softmax_and_cross_entropy_forward_backward() {
+    let gpu = gpu();
+    let mut rng = rng();
+    for (n, k) in [(1, 2), (1, 5), (3, 7), (64, 5), (100, 3), (257, 5)] {
+        let x: Vec<f32> = random(&mut rng, n * k).iter().map(|v| 4.0 * v).collect();
+        let t = one_hot(&mut rng, n, k);
+        let dy = random(&mut rng, n * k);
+        let (xt, tt) = (upload(&gpu, &[n, k], &x), upload(&gpu, &[n, k], &t));
+        let one = upload(&gpu, &[1], &[1.0]);
+        let what = format!("{n}x{k}");
+
+        let y = softmax_xent::softmax(&gpu, &xt).unwrap();
+        let yv = read(&gpu, &y);
+        check(
+            &format!("softmax_forward {what}"),
+            &yv,
+            &softmax_xent::cpu::softmax(&f64s(&x), k),
+        );
+        let dx = softmax_xent::softmax_backward(&gpu, &y, &upload(&gpu, &[n, k], &dy)).unwrap();
+        check(
+            &format!("softmax_backward {what}"),
+            &read(&gpu, &dx),
+            &softmax_xent::cpu::softmax_backward(&f64s(&yv), &f64s(&dy), k),
+        );
+
+        let metrics = softmax_xent::xent(&gpu, &y, &tt).unwrap();
+        let mv = read(&gpu, &metrics);
+        check(
+            &format!("xent_forward {what}"),
+            &mv[..1],
+            &[softmax_xent::cpu::xent(&f64s(&yv), &f64s(&t), k)],
+        );
+        assert_eq!(
+            mv[1] as usize,
+            softmax_xent::cpu::correct(&f64s(&x), &f64s(&t), k),
+            "correct count {what}"
+        );
+        let dp = softmax_xent::xent_backward(&gpu, &y, &tt, &one).unwrap();
+        check(
+            &format!("xent_backward {what}"),
+            &read(&gpu, &dp),
+            &softmax_xent::cpu::xent_backward(&f64s(&yv), &f64s(&t), k),
+        );
+
+        let (probs, metrics) = softmax_xent::softmax_xent(&gpu, &xt, &tt).unwrap();
+        let mv = read(&gpu, &metrics);
+        check(
+            &format!("softmax_xent_forward {what}"),
+            &mv[..1],
+            &[softmax_xent::cpu::softmax_xent(&f64s(&x), &f64s(&t), k)],
+        );
+        assert_eq!(
+            mv[1] as usize,
+            softmax_xent::cpu::correct(&f64s(&x), &f64s(&t), k),
+            "correct count {what}"
+        );
+        let dl = softmax_xent::softmax_xent_backward(&gpu, &probs, &tt, &one).unwrap();
+        let want = softmax_xent::cpu::softmax_xent_backward(&f64s(&x), &f64s(&t), k);
+        check(
+            &format!("softmax_xent_backward {what}"),
+            &read(&gpu, &dl),
+            &want,
+        );
+    }
+}
+
+#[test]
+fn adam_steps_match_reference() {
+    let gpu = gpu();
+    let mut rng = rng();
+    let config = adam::AdamConfig::default();
+    for len in [1, 5, 1000, 70_001] {
+        let p0 = random(&mut rng, len);
+        let (pt, mt, vt) = (
+            upload(&gpu, &[len], &p0),
+            gpu.zeros(&[len]).unwrap(),
+            gpu.zeros(&[len]).unwrap(),
+        );
+        let alpha = upload(&gpu, &[1], &[0.0]);
+        let flag = gpu.zeros(&[1]).unwrap();
+        let (mut p, mut m, mut v) = (f64s(&p0), vec![0.0; len], vec![0.0; len]);
+        for t in 1..=3u64 {
+            let g = random(&mut rng, len);
+            gpu.write(&alpha, &[config.alpha(t)]).unwrap();
+            adam::step(
+                &gpu,
+                &config,
+                &pt,
+                &upload(&gpu, &[len], &g),
+                &mt,
+                &vt,
+                &alpha,
+                &flag,
+            )
+            .unwrap();
+            adam::cpu_step(&config, t, &mut p, &f64s(&g), &mut m, &mut v);
+        }
+        check(&format!("adam_step {len} params"), &read(&gpu, &pt), &p);
+        check(
+            &format!("adam_step {len} first moment"),
+            &read(&gpu, &mt),
+            &m,
+        );
+        assert_eq!(
+            read(&gpu, &flag)[0].to_bits(),
+            0,
+            "finite gradients raised the flag"
+        );
+    }
+}
+
+#[test]
+fn adam_flags_a_non_finite_gradient() {
+    let gpu = gpu();
+    let config = adam::AdamConfig::default();
+    let p = upload(&gpu, &[3], &[1.0, 2.0, 3.0]);
+    let (m, v) = (gpu.zeros(&[3]).unwrap(), gpu.zeros(&[3]).unwrap());
+    let alpha = upload(&gpu, &[1], &[config.alpha(1)]);
+    let flag = gpu.zeros(&[1]).unwrap();
+    adam::step(
+        &gpu,
+        &config,
+        &p,
+        &upload(&gpu, &[3], &[0.1, f32::NAN, 0.2]),
+        &m,
+        &v,
+        &alpha,
+        &flag,
+    )
+    .unwrap();
+    assert_eq!(read(&gpu, &flag)[0].to_bits(), 1);
+    adam::step(
+        &gpu,
+        &config,
+        &p,
+        &upload(&gpu, &[3], &[0.1, f32::INFINITY, 0.2]),
+        &m,
+        &v,
+        &alpha,
+        &flag,
+    )
+    .unwrap();
+    assert_eq!(read(&gpu, &flag)[0].to_bits(), 1);
+}

@@ -1,0 +1,140 @@
+//! The tutorial's ResNet: parameter counts, every layer's output shape, the
+//! summary, and a forward pass on the GPU.
+
+mod common;
+
+use wgfer::model::{Architecture, Model};
+use wgfer::tape::Tape;
+
+#[test]
+fn parameter_count_matches_keras() {
+    let arch = Architecture::resnet(5);
+    let (trainable, frozen) = arch.param_count();
+    assert_eq!(trainable + frozen, 1_174_021, "total parameters");
+    assert_eq!(frozen, 8_576, "batch-norm moving statistics");
+}
+
+#[test]
+fn every_layer_has_the_keras_output_shape() {
+    let arch = Architecture::resnet(5);
+    let shape = |name: &str| {
+        arch.layers
+            .iter()
+            .find(|l| l.name == name)
+            .unwrap_or_else(|| panic!("no layer {name}"))
+            .output_shape
+            .clone()
+    };
+    assert_eq!(shape("input_1"), [48, 48, 1]);
+    assert_eq!(shape("zero_padding2d"), [54, 54, 1]);
+    assert_eq!(shape("conv1"), [24, 24, 64]);
+    assert_eq!(shape("max_pooling2d"), [11, 11, 64]);
+    assert_eq!(shape("res_2_conv_a"), [11, 11, 64]);
+    assert_eq!(shape("max_pooling2d_1"), [5, 5, 64]);
+    assert_eq!(shape("res_2_conv_b"), [5, 5, 64]);
+    assert_eq!(shape("res_2_conv_copy"), [11, 11, 256]);
+    assert_eq!(shape("activation_9"), [5, 5, 256], "end of stage 2");
+    assert_eq!(shape("res_3_conv_a"), [5, 5, 128]);
+    assert_eq!(shape("res_3_conv_b"), [2, 2, 128]);
+    assert_eq!(shape("activation_18"), [2, 2, 512], "end of stage 3");
+    assert_eq!(shape("Averagea_Pooling"), [1, 1, 512]);
+    assert_eq!(shape("flatten"), [512]);
+    assert_eq!(shape("Dense_final"), [5]);
+    // Keras' layer counts: 21 convolutions, 21 batch norms, 6 adds, 19 activations.
+    let count = |t: &str| {
+        arch.layers
+            .iter()
+            .filter(|l| l.op.keras_type() == t)
+            .count()
+    };
+    assert_eq!(
+        (
+            count("Conv2D"),
+            count("BatchNormalization"),
+            count("Add"),
+            count("Activation")
+        ),
+        (21, 21, 6, 19)
+    );
+}
+
+#[test]
+fn every_parameter_has_its_keras_name_and_layout() {
+    let arch = Architecture::resnet(5);
+    let find = |n: &str| {
+        arch.params
+            .iter()
+            .find(|p| p.name == n)
+            .unwrap_or_else(|| panic!("no parameter {n}"))
+    };
+    assert_eq!(find("conv1.kernel").shape, [7, 7, 1, 64]);
+    assert_eq!(find("res_2_identity_1_b.kernel").shape, [3, 3, 64, 64]);
+    assert_eq!(find("res_3_conv_copy.kernel").shape, [1, 1, 256, 512]);
+    assert_eq!(find("bn_3_identity_2_c.moving_variance").shape, [512]);
+    assert_eq!(find("Dense_final.kernel").shape, [512, 5]);
+    assert!(!find("bn_conv1.moving_mean").trainable);
+    assert!(find("bn_conv1.gamma").trainable);
+}
+
+#[test]
+fn summary_prints_the_totals() {
+    let s = Architecture::resnet(5).summary();
+    assert!(s.contains("Total params: 1,174,021"), "{s}");
+    assert!(s.contains("Trainable params: 1,165,445"), "{s}");
+    assert!(s.contains("Non-trainable params: 8,576"), "{s}");
+    assert!(s.contains("res_3_identity_2_c (Conv2D)"), "{s}");
+}
+
+#[test]
+fn initial_weights_follow_keras() {
+    let arch = Architecture::resnet(5);
+    let (t, m) = wgfer::model::initial_values(&arch, 7);
+    let p = arch
+        .params
+        .iter()
+        .find(|p| p.name == "res_2_conv_b.kernel")
+        .unwrap();
+    let limit = (6.0f32 / (9.0 * 64.0 + 9.0 * 64.0)).sqrt();
+    let w = &t[p.offset..p.offset + p.len()];
+    assert!(
+        w.iter().all(|v| v.abs() <= limit) && w.iter().any(|v| v.abs() > 0.9 * limit),
+        "Glorot-uniform range"
+    );
+    let g = arch
+        .params
+        .iter()
+        .find(|p| p.name == "bn_conv1.gamma")
+        .unwrap();
+    assert!(t[g.offset..g.offset + 64].iter().all(|&v| v == 1.0));
+    let v = arch
+        .params
+        .iter()
+        .find(|p| p.name == "bn_conv1.moving_variance")
+        .unwrap();
+    assert!(m[v.offset..v.offset + 64].iter().all(|&x| x == 1.0));
+    let b = arch.params.iter().find(|p| p.name == "conv1.bias").unwrap();
+    assert!(t[b.offset..b.offset + 64].iter().all(|&x| x == 0.0));
+}
+
+#[test]
+fn forward_gives_a_probability_row_per_image() {
+    let gpu = common::gpu();
+    let model = Model::new(&gpu, Architecture::resnet(5), 0).unwrap();
+    let x = common::random(&mut common::rng(), 3 * 48 * 48)
+        .iter()
+        .map(|v| v.abs())
+        .collect::<Vec<_>>();
+    let images = gpu.upload(&[3, 48, 48, 1], &x).unwrap();
+    for training in [false, true] {
+        let tape = Tape::new(&gpu);
+        let logits = model.forward(&tape, &images, training).unwrap();
+        assert_eq!(logits.shape(), [3, 5]);
+        let p = common::read(
+            &gpu,
+            &wgfer::ops::softmax_xent::softmax(&gpu, &logits).unwrap(),
+        );
+        for row in p.chunks(5) {
+            approx::assert_relative_eq!(row.iter().sum::<f32>(), 1.0, epsilon = 1e-5);
+        }
+    }
+}
