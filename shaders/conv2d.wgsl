@@ -13,21 +13,28 @@ struct Params {
   n: u32, h: u32, w: u32, cin: u32,
   oh: u32, ow: u32, kh: u32, kw: u32,
   stride: u32, pad_top: u32, pad_left: u32, k: u32,  // k = kh * kw * cin
+  ld: u32, pad0: u32, pad1: u32, pad2: u32,          // ld: row length of cols (k rounded up to 4)
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> src: array<f32>;
 @group(0) @binding(2) var<storage, read_write> dst: array<f32>;
 
-// One workgroup: a run of 64 (ox, k) pairs of output row (n, oy).
+// One workgroup: a run of 64 (ox, k) pairs of output row (n, oy). Columns
+// from k to ld are zero, so the product may read rows in whole vec4s.
 @compute @workgroup_size(64)
 fn im2col(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
   let t = wg.x * 64u + li;
-  if (t >= p.ow * p.k) { return; }
+  if (t >= p.ow * p.ld) { return; }
   let oy = wg.y;
   let n = wg.z;
-  let ox_k = divmod(t, p.k);
+  let ox_k = divmod(t, p.ld);
   let ox = ox_k.x;
+  let row = ((n * p.oh + oy) * p.ow) * p.ld;
+  if (ox_k.y >= p.k) {
+    dst[row + t] = 0.0;
+    return;
+  }
   let tap_ci = divmod(ox_k.y, p.cin);
   let ky_kx = divmod(tap_ci.x, p.kw);
   // Signed: the padding makes the first taps fall before the image.
@@ -37,7 +44,7 @@ fn im2col(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
   if (iy >= 0 && iy < i32(p.h) && ix >= 0 && ix < i32(p.w)) {
     v = src[((n * p.h + u32(iy)) * p.w + u32(ix)) * p.cin + tap_ci.y];
   }
-  dst[((n * p.oh + oy) * p.ow) * p.k + t] = v;
+  dst[row + t] = v;
 }
 
 // One workgroup: a run of 64 (ix, ci) pairs of input row (n, iy).

@@ -38,8 +38,36 @@ fn max_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
   arg_out[o] = f32(best_tap);
 }
 
+// The windows covering input index i along one axis: o in [lo, hi] (empty when lo > hi).
+fn covering(i: u32, out_size: u32) -> vec2<u32> {
+  let hi = min(divmod(i, p.stride).x, out_size - 1u);
+  var lo = 0u;
+  if (i + 1u > p.size) { lo = divmod(i + p.stride - p.size, p.stride).x; }
+  return vec2<u32>(lo, hi);
+}
+
+// Windows that tile the input (size == stride): each pixel lies in at most
+// one window, so its gradient is that window's dy or zero.
+@compute @workgroup_size(64)
+fn max_backward_tiled(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+  let t = wg.x * 64u + li;
+  if (t >= p.w * p.c) { return; }
+  let n = wg.z;
+  let ix_c = divmod(t, p.c);
+  let qy = divmod(wg.y, p.stride);
+  let qx = divmod(ix_c.x, p.stride);
+  var v = 0.0;
+  if (qy.x < p.oh && qx.x < p.ow) {
+    let o = ((n * p.oh + qy.x) * p.ow + qx.x) * p.c + ix_c.y;
+    if (u32(arg[o]) == qy.y * p.size + qx.y) { v = x[o]; }
+  }
+  y[((n * p.h + wg.y) * p.w) * p.c + t] = v;
+}
+
 // dx[n, iy, ix, c] = sum of dy over the windows whose winning tap is this pixel.
-// x = dy, arg = winning taps, y = dx.
+// x = dy, arg = winning taps, y = dx. The windows covering a pixel are found
+// by range arithmetic: at most ceil(size / stride)² of them, one when the
+// windows do not overlap.
 @compute @workgroup_size(64)
 fn max_backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
   let t = wg.x * 64u + li;
@@ -47,17 +75,14 @@ fn max_backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_
   let iy = wg.y;
   let n = wg.z;
   let ix_c = divmod(t, p.c);
+  let ry = covering(iy, p.oh);
+  let rx = covering(ix_c.x, p.ow);
   var s = 0.0;
-  for (var ky = 0u; ky < p.size; ky++) {
-    if (ky > iy) { break; }
-    let qy = divmod(iy - ky, p.stride);
-    if (qy.y != 0u || qy.x >= p.oh) { continue; }
-    for (var kx = 0u; kx < p.size; kx++) {
-      if (kx > ix_c.x) { break; }
-      let qx = divmod(ix_c.x - kx, p.stride);
-      if (qx.y != 0u || qx.x >= p.ow) { continue; }
-      let o = ((n * p.oh + qy.x) * p.ow + qx.x) * p.c + ix_c.y;
-      if (u32(arg[o]) == ky * p.size + kx) { s += x[o]; }
+  for (var oy = ry.x; oy <= ry.y; oy++) {
+    let ky = iy - oy * p.stride;
+    for (var ox = rx.x; ox <= rx.y; ox++) {
+      let o = ((n * p.oh + oy) * p.ow + ox) * p.c + ix_c.y;
+      if (u32(arg[o]) == ky * p.size + ix_c.x - ox * p.stride) { s += x[o]; }
     }
   }
   y[((n * p.h + iy) * p.w) * p.c + t] = s;
@@ -88,16 +113,12 @@ fn avg_backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_
   let iy = wg.y;
   let n = wg.z;
   let ix_c = divmod(t, p.c);
+  let ry = covering(iy, p.oh);
+  let rx = covering(ix_c.x, p.ow);
   var s = 0.0;
-  for (var ky = 0u; ky < p.size; ky++) {
-    if (ky > iy) { break; }
-    let qy = divmod(iy - ky, p.stride);
-    if (qy.y != 0u || qy.x >= p.oh) { continue; }
-    for (var kx = 0u; kx < p.size; kx++) {
-      if (kx > ix_c.x) { break; }
-      let qx = divmod(ix_c.x - kx, p.stride);
-      if (qx.y != 0u || qx.x >= p.ow) { continue; }
-      s += x[((n * p.oh + qy.x) * p.ow + qx.x) * p.c + ix_c.y];
+  for (var oy = ry.x; oy <= ry.y; oy++) {
+    for (var ox = rx.x; ox <= rx.y; ox++) {
+      s += x[((n * p.oh + oy) * p.ow + ox) * p.c + ix_c.y];
     }
   }
   y[((n * p.h + iy) * p.w) * p.c + t] = s / f32(p.size * p.size);

@@ -165,13 +165,7 @@ pub fn run(
     // The ceiling: our matrix product on a large square problem.
     let n = 1024;
     let (a, bm, c) = (b.tensor(&[n, n])?, b.tensor(&[n, n])?, gpu.empty(&[n, n])?);
-    let g = Gemm {
-        m: n,
-        n,
-        k: n,
-        a: Strides::rows(n),
-        accumulate: false,
-    };
+    let g = Gemm::new(n, n, n, Strides::rows(n));
     let ms = time_ms(gpu, reps, || g.run(gpu, &a, &bm, None, &c))?;
     let ceiling = g.flops() / ms / 1e6;
     say(format!(

@@ -89,6 +89,8 @@ struct Inner {
     summary: AdapterSummary,
     limits: wgpu::Limits,
     timestamps: bool,
+    /// (min, max) subgroup size when the SUBGROUP feature is on.
+    subgroup_sizes: Option<(u32, u32)>,
     modules: Mutex<HashMap<&'static str, wgpu::ShaderModule>>,
     kernels: Mutex<HashMap<String, Arc<Kernel>>>,
     pool: Arc<Mutex<Pool>>,
@@ -205,11 +207,10 @@ impl Gpu {
         let info = adapter.get_info();
         let limits = adapter.limits();
         let timestamps = adapter.features().contains(wgpu::Features::TIMESTAMP_QUERY);
-        let required_features = if timestamps {
-            wgpu::Features::TIMESTAMP_QUERY
-        } else {
-            wgpu::Features::empty()
-        };
+        let subgroups = adapter.features().contains(wgpu::Features::SUBGROUP);
+        let mut required_features = wgpu::Features::empty();
+        required_features.set(wgpu::Features::TIMESTAMP_QUERY, timestamps);
+        required_features.set(wgpu::Features::SUBGROUP, subgroups);
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("wgfer"),
             required_features,
@@ -259,6 +260,7 @@ impl Gpu {
             summary,
             limits,
             timestamps,
+            subgroup_sizes: subgroups.then_some((info.subgroup_min_size, info.subgroup_max_size)),
             modules: Mutex::default(),
             kernels: Mutex::default(),
             pool: Arc::default(),
@@ -289,6 +291,11 @@ impl Gpu {
 
     pub fn queue(&self) -> &wgpu::Queue {
         &self.0.queue
+    }
+
+    /// (min, max) subgroup size, when subgroup operations are available.
+    pub fn subgroup_sizes(&self) -> Option<(u32, u32)> {
+        self.0.subgroup_sizes
     }
 
     pub fn has_timestamps(&self) -> bool {

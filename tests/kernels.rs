@@ -115,6 +115,11 @@ fn gemm_shapes_and_transposed_a_and_accumulate() {
         (100, 7, 130),
         (5, 300, 12),
         (64, 512, 5),
+        // Shapes the 8-lane-subgroup kernel takes (n % 4 == 0, k and m % 4 == 0
+        // for vec4 rows), with remainders of its 16 × 32 tile.
+        (37, 20, 36),
+        (19, 16, 8),
+        (48, 8, 64),
     ] {
         for transposed in [false, true] {
             for accumulate in [false, true] {
@@ -128,11 +133,8 @@ fn gemm_shapes_and_transposed_a_and_accumulate() {
                     Strides::rows(k)
                 };
                 let g = Gemm {
-                    m,
-                    n,
-                    k,
-                    a: strides,
                     accumulate,
+                    ..Gemm::new(m, n, k, strides)
                 };
                 let ct = upload(&gpu, &[m, n], &c0);
                 g.run(

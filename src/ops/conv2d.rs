@@ -60,6 +60,8 @@ struct Params {
     pad_top: u32,
     pad_left: u32,
     k: u32,
+    ld: u32,
+    pad: [u32; 3],
 }
 
 fn out_size(input: usize, k: usize, stride: usize, padding: Padding) -> Result<(usize, usize)> {
@@ -140,6 +142,16 @@ impl Conv2d {
         self.kh * self.kw * self.cin
     }
 
+    /// Row length of the im2col matrix: k rounded up to whole vec4s (zeros
+    /// past k), so the product can read its rows as vec4s.
+    pub fn ld(&self) -> usize {
+        if self.is_pointwise() {
+            self.k()
+        } else {
+            self.k().div_ceil(4) * 4
+        }
+    }
+
     pub fn output_shape(&self) -> [usize; 4] {
         [self.n, self.oh, self.ow, self.cout]
     }
@@ -171,6 +183,8 @@ impl Conv2d {
             pad_top: self.pad_top as u32,
             pad_left: self.pad_left as u32,
             k: self.k() as u32,
+            ld: self.ld() as u32,
+            pad: [0; 3],
         }
     }
 
@@ -184,10 +198,10 @@ impl Conv2d {
         if self.is_pointwise() {
             return Ok(x.clone());
         }
-        let cols = gpu.empty(&[self.m(), self.k()])?;
+        let cols = gpu.empty(&[self.m(), self.ld()])?;
         let kernel = gpu.kernel(&SHADER, "im2col", &[]);
         let grid = [
-            (self.ow * self.k()).div_ceil(64) as u32,
+            (self.ow * self.ld()).div_ceil(64) as u32,
             self.oh as u32,
             self.n as u32,
         ];
@@ -217,11 +231,8 @@ impl Conv2d {
         let cols = self.im2col(gpu, x)?;
         let y = gpu.empty(&self.output_shape())?;
         let g = Gemm {
-            m: self.m(),
-            n: self.cout,
-            k: self.k(),
-            a: Strides::rows(self.k()),
-            accumulate: false,
+            a_padded: true,
+            ..Gemm::new(self.m(), self.cout, self.k(), Strides::rows(self.ld()))
         };
         g.run(gpu, &cols, w, Some(b), &y)?;
         Ok((y, cols))
@@ -233,13 +244,7 @@ impl Conv2d {
         // Wᵀ [cout, k] so that the product reads it row by row.
         let wt = transpose(gpu, w, k, cout)?;
         let dcols = gpu.empty(&[self.m(), k])?;
-        let g = Gemm {
-            m: self.m(),
-            n: k,
-            k: cout,
-            a: Strides::rows(cout),
-            accumulate: false,
-        };
+        let g = Gemm::new(self.m(), k, cout, Strides::rows(cout));
         g.run(gpu, dy, &wt, None, &dcols)?;
         if self.is_pointwise() {
             return Ok(dcols.reshape(&[self.n, self.h, self.w, self.cin]));
@@ -263,13 +268,12 @@ impl Conv2d {
     /// dW = colsᵀ · dy, shaped [kh, kw, cin, cout].
     pub fn grad_weight(&self, gpu: &Gpu, cols: &Tensor, dy: &Tensor) -> Result<Tensor> {
         let dw = gpu.empty(&self.weight_shape())?;
-        let g = Gemm {
-            m: self.k(),
-            n: self.cout,
-            k: self.m(),
-            a: Strides::transposed(self.k()),
-            accumulate: false,
-        };
+        let g = Gemm::new(
+            self.k(),
+            self.cout,
+            self.m(),
+            Strides::transposed(self.ld()),
+        );
         g.run(gpu, cols, dy, None, &dw)?;
         Ok(dw)
     }

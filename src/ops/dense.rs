@@ -39,13 +39,12 @@ impl Dense {
             w.shape()
         );
         let y = gpu.empty(&[self.n, self.outputs])?;
-        Gemm {
-            m: self.n,
-            n: self.outputs,
-            k: self.inputs,
-            a: Strides::rows(self.inputs),
-            accumulate: false,
-        }
+        Gemm::new(
+            self.n,
+            self.outputs,
+            self.inputs,
+            Strides::rows(self.inputs),
+        )
         .run(gpu, x, w, Some(b), &y)?;
         Ok(y)
     }
@@ -54,13 +53,12 @@ impl Dense {
     pub fn grad_input(&self, gpu: &Gpu, dy: &Tensor, w: &Tensor) -> Result<Tensor> {
         let wt = transpose(gpu, w, self.inputs, self.outputs)?;
         let dx = gpu.empty(&[self.n, self.inputs])?;
-        Gemm {
-            m: self.n,
-            n: self.inputs,
-            k: self.outputs,
-            a: Strides::rows(self.outputs),
-            accumulate: false,
-        }
+        Gemm::new(
+            self.n,
+            self.inputs,
+            self.outputs,
+            Strides::rows(self.outputs),
+        )
         .run(gpu, dy, &wt, None, &dx)?;
         Ok(dx)
     }
@@ -68,13 +66,12 @@ impl Dense {
     /// dW = xᵀ·dy.
     pub fn grad_weight(&self, gpu: &Gpu, x: &Tensor, dy: &Tensor) -> Result<Tensor> {
         let dw = gpu.empty(&[self.inputs, self.outputs])?;
-        Gemm {
-            m: self.inputs,
-            n: self.outputs,
-            k: self.n,
-            a: Strides::transposed(self.inputs),
-            accumulate: false,
-        }
+        Gemm::new(
+            self.inputs,
+            self.outputs,
+            self.n,
+            Strides::transposed(self.inputs),
+        )
         .run(gpu, x, dy, None, &dw)?;
         Ok(dw)
     }

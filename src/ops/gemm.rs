@@ -1,5 +1,7 @@
 //! Matrix product `C = A·B (+ bias) (+ C)`: the work-horse of convolution and
-//! the dense layer. See `shaders/gemm.wgsl` for the kernel's shape.
+//! the dense layer. Two kernels: `gemm_sg8.wgsl` for adapters with 8-lane
+//! subgroups (lavapipe), which covers the model's products, and `gemm.wgsl`
+//! for every other shape and adapter.
 
 use anyhow::{Result, ensure};
 use bytemuck::{Pod, Zeroable};
@@ -10,11 +12,16 @@ const SHADER: Shader = Shader {
     name: "gemm",
     source: include_str!("../../shaders/gemm.wgsl"),
 };
+const SHADER_SG8: Shader = Shader {
+    name: "gemm_sg8",
+    source: include_str!("../../shaders/gemm_sg8.wgsl"),
+};
 const ROWS: usize = 16;
 const COLS: usize = 64;
+const SG8_COLS: usize = 32;
 
-/// How A is read: element (i, k) of the logical [m, k] matrix is at
-/// `i * row_stride + k * col_stride`, so a transposed matrix is just strides.
+/// How A is read: element (i, p) of the logical [m, k] matrix is at
+/// `i * row + p * col`, so a transposed matrix is just strides.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Strides {
     pub row: usize,
@@ -22,13 +29,13 @@ pub struct Strides {
 }
 
 impl Strides {
-    /// A row-major [m, k] matrix.
-    pub fn rows(k: usize) -> Self {
-        Strides { row: k, col: 1 }
+    /// A row-major matrix whose rows are `ld` apart.
+    pub fn rows(ld: usize) -> Self {
+        Strides { row: ld, col: 1 }
     }
-    /// The transpose of a row-major [k, m] matrix.
-    pub fn transposed(m: usize) -> Self {
-        Strides { row: 1, col: m }
+    /// The transpose of a row-major matrix whose rows are `ld` apart.
+    pub fn transposed(ld: usize) -> Self {
+        Strides { row: 1, col: ld }
     }
 }
 
@@ -40,6 +47,9 @@ pub struct Gemm {
     pub k: usize,
     pub a: Strides,
     pub accumulate: bool,
+    /// Row-major A whose columns from k up to its row stride are zeros (im2col
+    /// pads them), so a kernel may read A in whole vec4s.
+    pub a_padded: bool,
 }
 
 #[repr(C)]
@@ -58,9 +68,50 @@ struct Params {
     pad: [u32; 2],
 }
 
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Sg8Params {
+    m: u32,
+    n: u32,
+    k: u32,
+    lda: u32,
+    flags: u32,
+    col_blocks: u32,
+    tiles: u32,
+    pad: u32,
+}
+
 impl Gemm {
+    /// A product of row-major matrices.
+    pub fn new(m: usize, n: usize, k: usize, a: Strides) -> Self {
+        Gemm {
+            m,
+            n,
+            k,
+            a,
+            accumulate: false,
+            a_padded: false,
+        }
+    }
+
     pub fn flops(&self) -> f64 {
         2.0 * (self.m * self.n * self.k) as f64
+    }
+
+    /// The 8-lane-subgroup kernel takes A in whole vec4s: row-major with its
+    /// rows 16-byte aligned and zero-padded, or transposed with aligned rows.
+    fn sg8_layout(&self, gpu: &Gpu) -> Option<bool> {
+        if gpu.subgroup_sizes() != Some((8, 8)) || self.accumulate || !self.n.is_multiple_of(4) {
+            return None;
+        }
+        let Strides { row, col } = self.a;
+        if col == 1 && row.is_multiple_of(4) && (self.k.is_multiple_of(4) || self.a_padded) {
+            Some(true)
+        } else if row == 1 && col.is_multiple_of(4) {
+            Some(false)
+        } else {
+            None
+        }
     }
 
     /// Encode `c = a·b (+ bias) (+ c if accumulate)`.
@@ -78,6 +129,7 @@ impl Gemm {
             k,
             a: s,
             accumulate,
+            ..
         } = *self;
         ensure!(m > 0 && n > 0 && k > 0, "gemm: empty product {m}x{k}x{n}");
         ensure!(
@@ -101,6 +153,40 @@ impl Gemm {
                 bias.len()
             );
         }
+        let dummy;
+        let bias_t = match bias {
+            Some(b) => b,
+            None => {
+                dummy = gpu.dummy()?;
+                &dummy
+            }
+        };
+        let bindings = [(1, a), (2, b), (3, bias_t), (4, c)];
+        if let Some(rows_layout) = self.sg8_layout(gpu) {
+            let col_blocks = n.div_ceil(SG8_COLS);
+            let tiles = m.div_ceil(16) * col_blocks;
+            let params = Sg8Params {
+                m: m as u32,
+                n: n as u32,
+                k: k as u32,
+                lda: if rows_layout { s.row } else { s.col } as u32,
+                flags: bias.is_some() as u32,
+                col_blocks: col_blocks as u32,
+                tiles: tiles as u32,
+                pad: 0,
+            };
+            let kernel = gpu.kernel(
+                &SHADER_SG8,
+                "main",
+                &[("A_ROWS", rows_layout as u32 as f64)],
+            );
+            return gpu.dispatch(
+                &kernel,
+                bytemuck::bytes_of(&params),
+                &bindings,
+                tiles as u32,
+            );
+        }
         let col_blocks = n.div_ceil(COLS);
         let tiles = m.div_ceil(ROWS) * col_blocks;
         let params = Params {
@@ -116,20 +202,11 @@ impl Gemm {
             tiles: tiles as u32,
             pad: [0; 2],
         };
-        let vec4 = n % 4 == 0;
-        let kernel = gpu.kernel(&SHADER, "main", &[("VEC4", vec4 as u32 as f64)]);
-        let dummy;
-        let bias = match bias {
-            Some(b) => b,
-            None => {
-                dummy = gpu.dummy()?;
-                &dummy
-            }
-        };
+        let kernel = gpu.kernel(&SHADER, "main", &[("VEC4", (n % 4 == 0) as u32 as f64)]);
         gpu.dispatch(
             &kernel,
             bytemuck::bytes_of(&params),
-            &[(1, a), (2, b), (3, bias), (4, c)],
+            &bindings,
             tiles as u32,
         )
     }

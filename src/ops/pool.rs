@@ -119,7 +119,12 @@ impl Pool2d {
 
     pub fn max_backward(&self, gpu: &Gpu, dy: &Tensor, arg: &Tensor) -> Result<Tensor> {
         let dx = gpu.empty(&[self.n, self.h, self.w, self.c])?;
-        let k = gpu.kernel(&SHADER, "max_backward", &[]);
+        let entry = if self.size == self.stride {
+            "max_backward_tiled"
+        } else {
+            "max_backward"
+        };
+        let k = gpu.kernel(&SHADER, entry, &[]);
         gpu.dispatch_xyz(
             &k,
             bytemuck::bytes_of(&self.params()),
