@@ -3,26 +3,27 @@
 // moving averages `moving = momentum · moving + (1 − momentum) · batch`.
 // Column sums come from reduce.wgsl; these kernels turn them into
 // statistics and apply them. `stats` is [mean | invstd], invstd = 1/sqrt(var + eps).
-// Row kernels: lanes own channels, a workgroup owns ROWS rows (grid (ceil(c / 64), ceil(m / ROWS))).
+// Row kernels: lanes own channels, a workgroup owns ROWS rows (grid (ceil(c / 32), ceil(m / ROWS))).
+// c counts V's (f32 or vec4<f32>, see `ShaderPair`).
 
 struct Params {
   m: u32, c: u32, eps: f32, momentum: f32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> a: array<f32>;
-@group(0) @binding(2) var<storage, read> b: array<f32>;
-@group(0) @binding(3) var<storage, read> c3: array<f32>;
-@group(0) @binding(4) var<storage, read> d4: array<f32>;
-@group(0) @binding(5) var<storage, read> e5: array<f32>;
-@group(0) @binding(6) var<storage, read_write> out: array<f32>;
-@group(0) @binding(7) var<storage, read_write> out2: array<f32>;
-@group(0) @binding(8) var<storage, read_write> out3: array<f32>;
+@group(0) @binding(1) var<storage, read> a: array<V>;
+@group(0) @binding(2) var<storage, read> b: array<V>;
+@group(0) @binding(3) var<storage, read> c3: array<V>;
+@group(0) @binding(4) var<storage, read> d4: array<V>;
+@group(0) @binding(5) var<storage, read> e5: array<V>;
+@group(0) @binding(6) var<storage, read_write> out: array<V>;
+@group(0) @binding(7) var<storage, read_write> out2: array<V>;
+@group(0) @binding(8) var<storage, read_write> out3: array<V>;
 
 const ROWS: u32 = 32u;
 
 // a = Σx → out[0..c] = mean.
-@compute @workgroup_size(64)
+@compute @workgroup_size(32)
 fn mean(@builtin(global_invocation_id) gid: vec3<u32>) {
   let col = gid.x;
   if (col >= p.c) { return; }
@@ -30,29 +31,29 @@ fn mean(@builtin(global_invocation_id) gid: vec3<u32>) {
 }
 
 // a = Σ(x − mean)² → out[c..2c] = invstd; out2 = moving mean, out3 = moving variance, updated.
-@compute @workgroup_size(64)
+@compute @workgroup_size(32)
 fn variance(@builtin(global_invocation_id) gid: vec3<u32>) {
   let col = gid.x;
   if (col >= p.c) { return; }
   let var_ = a[col] / f32(p.m);
-  out[p.c + col] = 1.0 / sqrt(var_ + p.eps);
+  out[p.c + col] = V(1.0) / sqrt(var_ + V(p.eps));
   out2[col] = p.momentum * out2[col] + (1.0 - p.momentum) * out[col];
   out3[col] = p.momentum * out3[col] + (1.0 - p.momentum) * var_;
 }
 
 // Inference: a = moving mean, b = moving variance → out = stats.
-@compute @workgroup_size(64)
+@compute @workgroup_size(32)
 fn from_moving(@builtin(global_invocation_id) gid: vec3<u32>) {
   let col = gid.x;
   if (col >= p.c) { return; }
   out[col] = a[col];
-  out[p.c + col] = 1.0 / sqrt(b[col] + p.eps);
+  out[p.c + col] = V(1.0) / sqrt(b[col] + V(p.eps));
 }
 
 // y = (x − mean) · invstd · gamma + beta. a = x, b = stats, c3 = gamma, d4 = beta → out = y.
-@compute @workgroup_size(64)
+@compute @workgroup_size(32)
 fn normalize(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-  let col = wg.x * 64u + li;
+  let col = wg.x * 32u + li;
   if (col >= p.c) { return; }
   let scale = b[p.c + col] * c3[col];
   let shift = d4[col] - b[col] * scale;
@@ -66,9 +67,9 @@ fn normalize(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_ind
 
 // dx = gamma · invstd · (dy − Σdy / m − xhat · Σ(dy·xhat) / m).
 // a = x, b = dy, c3 = stats, d4 = gamma, e5 = [Σdy | Σdy·xhat] → out = dx.
-@compute @workgroup_size(64)
+@compute @workgroup_size(32)
 fn grad_input(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-  let col = wg.x * 64u + li;
+  let col = wg.x * 32u + li;
   if (col >= p.c) { return; }
   let mean = c3[col];
   let invstd = c3[p.c + col];

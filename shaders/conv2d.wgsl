@@ -7,7 +7,8 @@
 //
 // Grids are (ceil(width·channels / 64), rows, images): the workgroup id
 // supplies the row and image, so lanes only split a short run of one image
-// row, and `divmod` stays exact and cheap.
+// row, and `divmod` stays exact and cheap. Channel counts (cin, k, ld) count
+// V's (f32, or vec4<f32> when cin % 4 == 0; see `ShaderPair`).
 
 struct Params {
   n: u32, h: u32, w: u32, cin: u32,
@@ -17,8 +18,8 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> src: array<f32>;
-@group(0) @binding(2) var<storage, read_write> dst: array<f32>;
+@group(0) @binding(1) var<storage, read> src: array<V>;
+@group(0) @binding(2) var<storage, read_write> dst: array<V>;
 
 // One workgroup: a run of 64 (ox, k) pairs of output row (n, oy). Columns
 // from k to ld are zero, so the product may read rows in whole vec4s.
@@ -32,7 +33,7 @@ fn im2col(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
   let ox = ox_k.x;
   let row = ((n * p.oh + oy) * p.ow) * p.ld;
   if (ox_k.y >= p.k) {
-    dst[row + t] = 0.0;
+    dst[row + t] = V(0.0);
     return;
   }
   let tap_ci = divmod(ox_k.y, p.cin);
@@ -40,7 +41,7 @@ fn im2col(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
   // Signed: the padding makes the first taps fall before the image.
   let iy = i32(oy * p.stride + ky_kx.x) - i32(p.pad_top);
   let ix = i32(ox * p.stride + ky_kx.y) - i32(p.pad_left);
-  var v = 0.0;
+  var v = V(0.0);
   if (iy >= 0 && iy < i32(p.h) && ix >= 0 && ix < i32(p.w)) {
     v = src[((n * p.h + u32(iy)) * p.w + u32(ix)) * p.cin + tap_ci.y];
   }
@@ -55,7 +56,7 @@ fn col2im(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
   let iy = wg.y;
   let n = wg.z;
   let ix_ci = divmod(t, p.cin);
-  var s = 0.0;
+  var s = V(0.0);
   for (var ky = 0u; ky < p.kh; ky++) {
     // Output row oy reads input row iy through tap ky when oy·stride + ky - pad = iy.
     let y = i32(iy + p.pad_top) - i32(ky);

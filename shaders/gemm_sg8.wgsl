@@ -1,19 +1,21 @@
 // C[i, j] = sum_p A(i, p) * B[p, j]  (+ bias[j]), for adapters whose subgroups
 // are 8 lanes wide (lavapipe on AVX2). See gemm.wgsl for the general kernel.
 //
-// Why this shape: llvmpipe runs the 8 lanes of a subgroup in one 256-bit
-// vector. A load whose address differs per lane costs a loop over the lanes,
-// but it fetches a whole vec4 per lane, and a load whose address is the same
-// for all lanes is no cheaper per value. subgroupBroadcast, though, is a
-// register shuffle. So every lane loads a different vec4 of A (8 rows × 4
-// p's, or 8 p's × 4 rows), and broadcasts hand each A value to all lanes; each
-// lane owns 4 columns of C and loads its vec4 of B once per p. One subgroup
-// computes a 16 × 32 tile: 6 vector loads per 64 vec4 FMAs.
+// Why this shape (benches/NOTES.md has the measurements): llvmpipe runs the 8
+// lanes of a subgroup in one 256-bit vector. A load whose address differs
+// per lane costs a loop over the lanes, but it fetches a whole vec4 per lane,
+// and a load whose address is the same for all lanes is no cheaper per value.
+// subgroupBroadcast, though, is a register shuffle. So every lane loads a
+// different vec4 of A (8 rows × 4 p's, or 8 p's × 4 rows), and broadcasts hand
+// each A value to all lanes; each lane owns 4 columns of C and loads its vec4
+// of B once per p. One subgroup computes a 16 × 32 tile.
 //
-// A_ROWS (A row-major [i, lda], p contiguous): lane l loads A[i0 + l, p..p+3].
+// A_ROWS (A row-major [i, lda], p contiguous): lane l loads A[i0 + 8g + l, p..p+3].
 // A transposed (A stored [p, lda], i contiguous): lane l loads A[p + l, i0..i0+15].
 // Requirements (checked by the host): lda % 4 == 0, n % 4 == 0; for A_ROWS the
-// columns of A past k up to the next multiple of 4 hold zeros.
+// columns of A past k up to the next multiple of 4 hold zeros. The loop body
+// is unrolled by a generator: WGSL has no way to name 16 accumulators in a loop
+// that the shader compiler keeps in registers.
 
 struct Params {
   m: u32, n: u32, k: u32, lda: u32,
@@ -64,80 +66,80 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
   var s14 = vec4<f32>();
   var s15 = vec4<f32>();
   if (A_ROWS) {
-    let ra = min(i0 + lane, p.m - 1u) * lda4;
-    let rb = min(i0 + 8u + lane, p.m - 1u) * lda4;
+    let r0 = min(i0 + 0u + lane, p.m - 1u) * lda4;
+    let r1 = min(i0 + 8u + lane, p.m - 1u) * lda4;
     for (var q = 0u; q < (p.k + 3u) / 4u; q++) {
-      let av = a[ra + q];
-      let aw = a[rb + q];
+      let a0 = a[r0 + q];
+      let a1 = a[r1 + q];
       let k0 = q * 4u;
       let b0 = b[k0 * n4 + col4];
       let b1 = b[min(k0 + 1u, klast) * n4 + col4];
       let b2 = b[min(k0 + 2u, klast) * n4 + col4];
       let b3 = b[min(k0 + 3u, klast) * n4 + col4];
-      s0 += subgroupBroadcast(av.x, 0u) * b0;
-      s8 += subgroupBroadcast(aw.x, 0u) * b0;
-      s1 += subgroupBroadcast(av.x, 1u) * b0;
-      s9 += subgroupBroadcast(aw.x, 1u) * b0;
-      s2 += subgroupBroadcast(av.x, 2u) * b0;
-      s10 += subgroupBroadcast(aw.x, 2u) * b0;
-      s3 += subgroupBroadcast(av.x, 3u) * b0;
-      s11 += subgroupBroadcast(aw.x, 3u) * b0;
-      s4 += subgroupBroadcast(av.x, 4u) * b0;
-      s12 += subgroupBroadcast(aw.x, 4u) * b0;
-      s5 += subgroupBroadcast(av.x, 5u) * b0;
-      s13 += subgroupBroadcast(aw.x, 5u) * b0;
-      s6 += subgroupBroadcast(av.x, 6u) * b0;
-      s14 += subgroupBroadcast(aw.x, 6u) * b0;
-      s7 += subgroupBroadcast(av.x, 7u) * b0;
-      s15 += subgroupBroadcast(aw.x, 7u) * b0;
-      s0 += subgroupBroadcast(av.y, 0u) * b1;
-      s8 += subgroupBroadcast(aw.y, 0u) * b1;
-      s1 += subgroupBroadcast(av.y, 1u) * b1;
-      s9 += subgroupBroadcast(aw.y, 1u) * b1;
-      s2 += subgroupBroadcast(av.y, 2u) * b1;
-      s10 += subgroupBroadcast(aw.y, 2u) * b1;
-      s3 += subgroupBroadcast(av.y, 3u) * b1;
-      s11 += subgroupBroadcast(aw.y, 3u) * b1;
-      s4 += subgroupBroadcast(av.y, 4u) * b1;
-      s12 += subgroupBroadcast(aw.y, 4u) * b1;
-      s5 += subgroupBroadcast(av.y, 5u) * b1;
-      s13 += subgroupBroadcast(aw.y, 5u) * b1;
-      s6 += subgroupBroadcast(av.y, 6u) * b1;
-      s14 += subgroupBroadcast(aw.y, 6u) * b1;
-      s7 += subgroupBroadcast(av.y, 7u) * b1;
-      s15 += subgroupBroadcast(aw.y, 7u) * b1;
-      s0 += subgroupBroadcast(av.z, 0u) * b2;
-      s8 += subgroupBroadcast(aw.z, 0u) * b2;
-      s1 += subgroupBroadcast(av.z, 1u) * b2;
-      s9 += subgroupBroadcast(aw.z, 1u) * b2;
-      s2 += subgroupBroadcast(av.z, 2u) * b2;
-      s10 += subgroupBroadcast(aw.z, 2u) * b2;
-      s3 += subgroupBroadcast(av.z, 3u) * b2;
-      s11 += subgroupBroadcast(aw.z, 3u) * b2;
-      s4 += subgroupBroadcast(av.z, 4u) * b2;
-      s12 += subgroupBroadcast(aw.z, 4u) * b2;
-      s5 += subgroupBroadcast(av.z, 5u) * b2;
-      s13 += subgroupBroadcast(aw.z, 5u) * b2;
-      s6 += subgroupBroadcast(av.z, 6u) * b2;
-      s14 += subgroupBroadcast(aw.z, 6u) * b2;
-      s7 += subgroupBroadcast(av.z, 7u) * b2;
-      s15 += subgroupBroadcast(aw.z, 7u) * b2;
-      s0 += subgroupBroadcast(av.w, 0u) * b3;
-      s8 += subgroupBroadcast(aw.w, 0u) * b3;
-      s1 += subgroupBroadcast(av.w, 1u) * b3;
-      s9 += subgroupBroadcast(aw.w, 1u) * b3;
-      s2 += subgroupBroadcast(av.w, 2u) * b3;
-      s10 += subgroupBroadcast(aw.w, 2u) * b3;
-      s3 += subgroupBroadcast(av.w, 3u) * b3;
-      s11 += subgroupBroadcast(aw.w, 3u) * b3;
-      s4 += subgroupBroadcast(av.w, 4u) * b3;
-      s12 += subgroupBroadcast(aw.w, 4u) * b3;
-      s5 += subgroupBroadcast(av.w, 5u) * b3;
-      s13 += subgroupBroadcast(aw.w, 5u) * b3;
-      s6 += subgroupBroadcast(av.w, 6u) * b3;
-      s14 += subgroupBroadcast(aw.w, 6u) * b3;
-      s7 += subgroupBroadcast(av.w, 7u) * b3;
-      s15 += subgroupBroadcast(aw.w, 7u) * b3;
+      s0 += subgroupBroadcast(a0.x, 0u) * b0;
+      s8 += subgroupBroadcast(a1.x, 0u) * b0;
+      s1 += subgroupBroadcast(a0.x, 1u) * b0;
+      s9 += subgroupBroadcast(a1.x, 1u) * b0;
+      s2 += subgroupBroadcast(a0.x, 2u) * b0;
+      s10 += subgroupBroadcast(a1.x, 2u) * b0;
+      s3 += subgroupBroadcast(a0.x, 3u) * b0;
+      s11 += subgroupBroadcast(a1.x, 3u) * b0;
+      s4 += subgroupBroadcast(a0.x, 4u) * b0;
+      s12 += subgroupBroadcast(a1.x, 4u) * b0;
+      s5 += subgroupBroadcast(a0.x, 5u) * b0;
+      s13 += subgroupBroadcast(a1.x, 5u) * b0;
+      s6 += subgroupBroadcast(a0.x, 6u) * b0;
+      s14 += subgroupBroadcast(a1.x, 6u) * b0;
+      s7 += subgroupBroadcast(a0.x, 7u) * b0;
+      s15 += subgroupBroadcast(a1.x, 7u) * b0;
+      s0 += subgroupBroadcast(a0.y, 0u) * b1;
+      s8 += subgroupBroadcast(a1.y, 0u) * b1;
+      s1 += subgroupBroadcast(a0.y, 1u) * b1;
+      s9 += subgroupBroadcast(a1.y, 1u) * b1;
+      s2 += subgroupBroadcast(a0.y, 2u) * b1;
+      s10 += subgroupBroadcast(a1.y, 2u) * b1;
+      s3 += subgroupBroadcast(a0.y, 3u) * b1;
+      s11 += subgroupBroadcast(a1.y, 3u) * b1;
+      s4 += subgroupBroadcast(a0.y, 4u) * b1;
+      s12 += subgroupBroadcast(a1.y, 4u) * b1;
+      s5 += subgroupBroadcast(a0.y, 5u) * b1;
+      s13 += subgroupBroadcast(a1.y, 5u) * b1;
+      s6 += subgroupBroadcast(a0.y, 6u) * b1;
+      s14 += subgroupBroadcast(a1.y, 6u) * b1;
+      s7 += subgroupBroadcast(a0.y, 7u) * b1;
+      s15 += subgroupBroadcast(a1.y, 7u) * b1;
+      s0 += subgroupBroadcast(a0.z, 0u) * b2;
+      s8 += subgroupBroadcast(a1.z, 0u) * b2;
+      s1 += subgroupBroadcast(a0.z, 1u) * b2;
+      s9 += subgroupBroadcast(a1.z, 1u) * b2;
+      s2 += subgroupBroadcast(a0.z, 2u) * b2;
+      s10 += subgroupBroadcast(a1.z, 2u) * b2;
+      s3 += subgroupBroadcast(a0.z, 3u) * b2;
+      s11 += subgroupBroadcast(a1.z, 3u) * b2;
+      s4 += subgroupBroadcast(a0.z, 4u) * b2;
+      s12 += subgroupBroadcast(a1.z, 4u) * b2;
+      s5 += subgroupBroadcast(a0.z, 5u) * b2;
+      s13 += subgroupBroadcast(a1.z, 5u) * b2;
+      s6 += subgroupBroadcast(a0.z, 6u) * b2;
+      s14 += subgroupBroadcast(a1.z, 6u) * b2;
+      s7 += subgroupBroadcast(a0.z, 7u) * b2;
+      s15 += subgroupBroadcast(a1.z, 7u) * b2;
+      s0 += subgroupBroadcast(a0.w, 0u) * b3;
+      s8 += subgroupBroadcast(a1.w, 0u) * b3;
+      s1 += subgroupBroadcast(a0.w, 1u) * b3;
+      s9 += subgroupBroadcast(a1.w, 1u) * b3;
+      s2 += subgroupBroadcast(a0.w, 2u) * b3;
+      s10 += subgroupBroadcast(a1.w, 2u) * b3;
+      s3 += subgroupBroadcast(a0.w, 3u) * b3;
+      s11 += subgroupBroadcast(a1.w, 3u) * b3;
+      s4 += subgroupBroadcast(a0.w, 4u) * b3;
+      s12 += subgroupBroadcast(a1.w, 4u) * b3;
+      s5 += subgroupBroadcast(a0.w, 5u) * b3;
+      s13 += subgroupBroadcast(a1.w, 5u) * b3;
+      s6 += subgroupBroadcast(a0.w, 6u) * b3;
+      s14 += subgroupBroadcast(a1.w, 6u) * b3;
+      s7 += subgroupBroadcast(a0.w, 7u) * b3;
+      s15 += subgroupBroadcast(a1.w, 7u) * b3;
     }
   } else {
     let ia = i0 / 4u;

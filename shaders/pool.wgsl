@@ -3,7 +3,8 @@
 // equal maxima, as TensorFlow does) so that its backward routes each
 // gradient to that tap. Backward passes gather (each input pixel sums the
 // windows that cover it), so no atomics are needed.
-// Grids are (ceil(width·c / 64), rows, images) as in conv2d.wgsl.
+// Grids are (ceil(width·c / 64), rows, images) as in conv2d.wgsl; c counts V's
+// (f32 or vec4<f32>, see `ShaderPair`), and the taps are stored per element.
 
 struct Params {
   n: u32, h: u32, w: u32, c: u32,
@@ -11,10 +12,10 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read> arg: array<f32>;
-@group(0) @binding(3) var<storage, read_write> y: array<f32>;
-@group(0) @binding(4) var<storage, read_write> arg_out: array<f32>;
+@group(0) @binding(1) var<storage, read> x: array<V>;
+@group(0) @binding(2) var<storage, read> arg: array<V>;
+@group(0) @binding(3) var<storage, read_write> y: array<V>;
+@group(0) @binding(4) var<storage, read_write> arg_out: array<V>;
 
 // y[n, oy, ox, c] = max over the window; arg_out = the winning tap.
 @compute @workgroup_size(64)
@@ -24,18 +25,20 @@ fn max_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
   let oy = wg.y;
   let n = wg.z;
   let ox_c = divmod(t, p.c);
-  var best = -3.4028235e38;
-  var best_tap = 0u;
+  var best = V(-3.4028235e38);
+  var best_tap = V(0.0);
   for (var ky = 0u; ky < p.size; ky++) {
     let row = (n * p.h + oy * p.stride + ky) * p.w;
     for (var kx = 0u; kx < p.size; kx++) {
       let v = x[(row + ox_c.x * p.stride + kx) * p.c + ox_c.y];
-      if (v > best) { best = v; best_tap = ky * p.size + kx; }
+      let better = v > best;
+      best = select(best, v, better);
+      best_tap = select(best_tap, V(f32(ky * p.size + kx)), better);
     }
   }
   let o = ((n * p.oh + oy) * p.ow) * p.c + t;
   y[o] = best;
-  arg_out[o] = f32(best_tap);
+  arg_out[o] = best_tap;
 }
 
 // The windows covering input index i along one axis: o in [lo, hi] (empty when lo > hi).
@@ -56,10 +59,10 @@ fn max_backward_tiled(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invoc
   let ix_c = divmod(t, p.c);
   let qy = divmod(wg.y, p.stride);
   let qx = divmod(ix_c.x, p.stride);
-  var v = 0.0;
+  var v = V(0.0);
   if (qy.x < p.oh && qx.x < p.ow) {
     let o = ((n * p.oh + qy.x) * p.ow + qx.x) * p.c + ix_c.y;
-    if (u32(arg[o]) == qy.y * p.size + qx.y) { v = x[o]; }
+    v = select(V(0.0), x[o], arg[o] == V(f32(qy.y * p.size + qx.y)));
   }
   y[((n * p.h + wg.y) * p.w) * p.c + t] = v;
 }
@@ -77,12 +80,12 @@ fn max_backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_
   let ix_c = divmod(t, p.c);
   let ry = covering(iy, p.oh);
   let rx = covering(ix_c.x, p.ow);
-  var s = 0.0;
+  var s = V(0.0);
   for (var oy = ry.x; oy <= ry.y; oy++) {
     let ky = iy - oy * p.stride;
     for (var ox = rx.x; ox <= rx.y; ox++) {
       let o = ((n * p.oh + oy) * p.ow + ox) * p.c + ix_c.y;
-      if (u32(arg[o]) == ky * p.size + ix_c.x - ox * p.stride) { s += x[o]; }
+      s += select(V(0.0), x[o], arg[o] == V(f32(ky * p.size + ix_c.x - ox * p.stride)));
     }
   }
   y[((n * p.h + iy) * p.w) * p.c + t] = s;
@@ -95,7 +98,7 @@ fn avg_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
   let oy = wg.y;
   let n = wg.z;
   let ox_c = divmod(t, p.c);
-  var s = 0.0;
+  var s = V(0.0);
   for (var ky = 0u; ky < p.size; ky++) {
     let row = (n * p.h + oy * p.stride + ky) * p.w;
     for (var kx = 0u; kx < p.size; kx++) {
@@ -115,7 +118,7 @@ fn avg_backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_
   let ix_c = divmod(t, p.c);
   let ry = covering(iy, p.oh);
   let rx = covering(ix_c.x, p.ow);
-  var s = 0.0;
+  var s = V(0.0);
   for (var oy = ry.x; oy <= ry.y; oy++) {
     for (var ox = rx.x; ox <= rx.y; ox++) {
       s += x[((n * p.oh + oy) * p.ow + ox) * p.c + ix_c.y];

@@ -1,7 +1,8 @@
-// Per-column sums of a row-major [m, c] matrix: bias gradients and the
-// batch-norm statistics. Two stages so that every core gets work: `partial`
-// sums a chunk of rows per workgroup into part[chunk, c] (lanes own columns,
-// the workgroup id says which rows), `finish` adds the chunks up.
+// Per-column sums of a row-major [m, c] matrix (c counts V's): bias
+// gradients and the batch-norm statistics. Two stages so that every core gets
+// work: `partial` sums a chunk of rows per workgroup into part[chunk, c]
+// (lanes own columns, the workgroup id says which rows), `finish` adds the
+// chunks up.
 
 struct Params {
   m: u32, c: u32, rows_per_chunk: u32, chunks: u32,
@@ -9,26 +10,26 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read> dy: array<f32>;
+@group(0) @binding(1) var<storage, read> x: array<V>;
+@group(0) @binding(2) var<storage, read> dy: array<V>;
 // Per-column statistics [2, c]: mean, then 1 / sqrt(var + eps).
-@group(0) @binding(3) var<storage, read> stats: array<f32>;
-@group(0) @binding(4) var<storage, read_write> part: array<f32>;
+@group(0) @binding(3) var<storage, read> stats: array<V>;
+@group(0) @binding(4) var<storage, read_write> part: array<V>;
 
 const SUM: u32 = 0u;          // part[0] = sum x
 const SQUARES: u32 = 1u;      // part[0] = sum (x - mean)^2
 const BN_BACKWARD: u32 = 2u;  // part[0] = sum dy, part[1] = sum dy * (x - mean) * invstd
 
-// grid (ceil(c / 64), chunks). Output layout: part[(q * chunks + chunk) * c + col] for q in {0, 1}.
-@compute @workgroup_size(64)
+// grid (ceil(c / 32), chunks). Output layout: part[(q * chunks + chunk) * c + col] for q in {0, 1}.
+@compute @workgroup_size(32)
 fn partial(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-  let col = wg.x * 64u + li;
+  let col = wg.x * 32u + li;
   if (col >= p.c) { return; }
   let chunk = wg.y;
   let start = chunk * p.rows_per_chunk;
   let end = min(start + p.rows_per_chunk, p.m);
-  var s0 = 0.0;
-  var s1 = 0.0;
+  var s0 = V(0.0);
+  var s1 = V(0.0);
   if (p.mode == SUM) {
     for (var r = start; r < end; r++) { s0 += x[r * p.c + col]; }
   } else if (p.mode == SQUARES) {
@@ -47,13 +48,13 @@ fn partial(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index
   part[chunk * p.c + col] = s0;
 }
 
-// out[q * c + col] = sum over chunks of part[(q * chunks + chunk) * c + col]; grid (ceil(c / 64), outputs).
-@compute @workgroup_size(64)
+// out[q * c + col] = sum over chunks of part[(q * chunks + chunk) * c + col]; grid (ceil(c / 32), outputs).
+@compute @workgroup_size(32)
 fn finish(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-  let col = wg.x * 64u + li;
+  let col = wg.x * 32u + li;
   if (col >= p.c) { return; }
   let q = wg.y;
-  var s = 0.0;
+  var s = V(0.0);
   for (var chunk = 0u; chunk < p.chunks; chunk++) { s += x[(q * p.chunks + chunk) * p.c + col]; }
   part[q * p.c + col] = s;
 }

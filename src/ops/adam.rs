@@ -4,12 +4,10 @@
 use anyhow::{Result, ensure};
 use bytemuck::{Pod, Zeroable};
 
-use crate::{Gpu, Shader, Tensor};
+use crate::ops::ShaderPair;
+use crate::{Gpu, Tensor, shader_pair};
 
-const SHADER: Shader = Shader {
-    name: "adam",
-    source: include_str!("../../shaders/adam.wgsl"),
-};
+const SHADERS: ShaderPair = shader_pair!("adam", "../../shaders/adam.wgsl");
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AdamConfig {
@@ -66,18 +64,20 @@ pub fn step(
         grad.len() == len && m.len() == len && v.len() == len,
         "adam: parameter, gradient and moments differ in size"
     );
+    let vec4 = len.is_multiple_of(4);
+    let units = if vec4 { len / 4 } else { len };
     let p = Params {
-        len: len as u32,
+        len: units as u32,
         beta1: config.beta1,
         beta2: config.beta2,
         epsilon: config.epsilon,
     };
-    let k = gpu.kernel(&SHADER, "step", &[]);
+    let k = gpu.kernel(SHADERS.pick(vec4), "step", &[]);
     gpu.dispatch(
         &k,
         bytemuck::bytes_of(&p),
         &[(1, grad), (2, alpha), (3, param), (4, m), (5, v), (6, flag)],
-        len.div_ceil(256) as u32,
+        units.div_ceil(256) as u32,
     )
 }
 

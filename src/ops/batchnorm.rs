@@ -1,16 +1,17 @@
 //! Batch normalisation of NHWC activations seen as [m, c] (m = n·h·w), with
 //! Keras' semantics and defaults (epsilon 1e-3, momentum 0.99).
 
+use std::sync::Arc;
+
 use anyhow::{Result, ensure};
 use bytemuck::{Pod, Zeroable};
 
+use crate::gpu::Kernel;
+use crate::ops::ShaderPair;
 use crate::ops::reduce::{Sum, column_sums};
-use crate::{Gpu, Shader, Tensor};
+use crate::{Gpu, Tensor, shader_pair};
 
-const SHADER: Shader = Shader {
-    name: "batchnorm",
-    source: include_str!("../../shaders/batchnorm.wgsl"),
-};
+const SHADERS: ShaderPair = shader_pair!("batchnorm", "../../shaders/batchnorm.wgsl");
 const ROWS: usize = 32;
 
 pub const EPSILON: f32 = 1e-3;
@@ -56,10 +57,28 @@ impl BatchNorm {
         }
     }
 
+    /// Channels in the kernels' units: vec4s when c % 4 == 0.
+    fn cv(&self) -> usize {
+        if self.c.is_multiple_of(4) {
+            self.c / 4
+        } else {
+            self.c
+        }
+    }
+
+    fn kernel(&self, gpu: &Gpu, entry: &str) -> Arc<Kernel> {
+        gpu.kernel(SHADERS.pick(self.c.is_multiple_of(4)), entry, &[])
+    }
+
+    /// Workgroups across the channels (32 lanes each).
+    fn groups(&self) -> u32 {
+        self.cv().div_ceil(32) as u32
+    }
+
     fn params(&self, m: usize) -> Params {
         Params {
             m: m as u32,
-            c: self.c as u32,
+            c: self.cv() as u32,
             eps: self.eps,
             momentum: self.momentum,
         }
@@ -82,18 +101,18 @@ impl BatchNorm {
         let m = self.rows(x)?;
         let params = self.params(m);
         let bytes = bytemuck::bytes_of(&params);
-        let groups = self.c.div_ceil(64) as u32;
+        let groups = self.groups();
         let stats = gpu.empty(&[2, self.c])?;
         let sums = column_sums(gpu, Sum::Plain, x, None, None, self.c)?;
         gpu.dispatch(
-            &gpu.kernel(&SHADER, "mean", &[]),
+            &self.kernel(gpu, "mean"),
             bytes,
             &[(1, &sums), (6, &stats)],
             groups,
         )?;
         let squares = column_sums(gpu, Sum::Squares, x, None, Some(&stats), self.c)?;
         gpu.dispatch(
-            &gpu.kernel(&SHADER, "variance", &[]),
+            &self.kernel(gpu, "variance"),
             bytes,
             &[
                 (1, &squares),
@@ -113,10 +132,10 @@ impl BatchNorm {
         let params = self.params(m);
         let stats = gpu.empty(&[2, self.c])?;
         gpu.dispatch(
-            &gpu.kernel(&SHADER, "from_moving", &[]),
+            &self.kernel(gpu, "from_moving"),
             bytemuck::bytes_of(&params),
             &[(1, p.moving_mean), (2, p.moving_var), (6, &stats)],
-            self.c.div_ceil(64) as u32,
+            self.groups(),
         )?;
         self.apply(gpu, x, &stats, p, m)
     }
@@ -131,10 +150,10 @@ impl BatchNorm {
     ) -> Result<Tensor> {
         let y = gpu.empty(x.shape())?;
         gpu.dispatch_xyz(
-            &gpu.kernel(&SHADER, "normalize", &[]),
+            &self.kernel(gpu, "normalize"),
             bytemuck::bytes_of(&self.params(m)),
             &[(1, x), (2, stats), (3, p.gamma), (4, p.beta), (6, &y)],
-            [self.c.div_ceil(64) as u32, m.div_ceil(ROWS) as u32, 1],
+            [self.groups(), m.div_ceil(ROWS) as u32, 1],
         )?;
         Ok(y)
     }
@@ -153,7 +172,7 @@ impl BatchNorm {
         let sums = column_sums(gpu, Sum::BatchNormBackward, x, Some(dy), Some(stats), c)?;
         let dx = gpu.empty(x.shape())?;
         gpu.dispatch_xyz(
-            &gpu.kernel(&SHADER, "grad_input", &[]),
+            &self.kernel(gpu, "grad_input"),
             bytemuck::bytes_of(&self.params(m)),
             &[
                 (1, x),
@@ -163,7 +182,7 @@ impl BatchNorm {
                 (5, &sums),
                 (6, &dx),
             ],
-            [c.div_ceil(64) as u32, m.div_ceil(ROWS) as u32, 1],
+            [self.groups(), m.div_ceil(ROWS) as u32, 1],
         )?;
         let dbeta = gpu.empty(&[c])?;
         let dgamma = gpu.empty(&[c])?;

@@ -6,17 +6,16 @@
 use anyhow::{Result, bail, ensure};
 use bytemuck::{Pod, Zeroable};
 
+use crate::ops::ShaderPair;
 use crate::ops::gemm::{Gemm, Strides};
 use crate::ops::reduce::{Sum, column_sums};
-use crate::{Gpu, Shader, Tensor};
+use crate::{Gpu, Tensor, shader_pair};
 
-const SHADER: Shader = Shader {
-    name: "conv2d",
-    source: concat!(
-        include_str!("../../shaders/common.wgsl"),
-        include_str!("../../shaders/conv2d.wgsl")
-    ),
-};
+const SHADERS: ShaderPair = shader_pair!(
+    "conv2d",
+    "../../shaders/common.wgsl",
+    "../../shaders/conv2d.wgsl"
+);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Padding {
@@ -142,6 +141,12 @@ impl Conv2d {
         self.kh * self.kw * self.cin
     }
 
+    /// Channels per kernel element: im2col and col2im move vec4s of input
+    /// channels when cin % 4 == 0.
+    fn width(&self) -> usize {
+        if self.cin.is_multiple_of(4) { 4 } else { 1 }
+    }
+
     /// Row length of the im2col matrix: k rounded up to whole vec4s (zeros
     /// past k), so the product can read its rows as vec4s.
     pub fn ld(&self) -> usize {
@@ -174,7 +179,7 @@ impl Conv2d {
             n: self.n as u32,
             h: self.h as u32,
             w: self.w as u32,
-            cin: self.cin as u32,
+            cin: (self.cin / self.width()) as u32,
             oh: self.oh as u32,
             ow: self.ow as u32,
             kh: self.kh as u32,
@@ -182,8 +187,8 @@ impl Conv2d {
             stride: self.stride as u32,
             pad_top: self.pad_top as u32,
             pad_left: self.pad_left as u32,
-            k: self.k() as u32,
-            ld: self.ld() as u32,
+            k: (self.k() / self.width()) as u32,
+            ld: (self.ld() / self.width()) as u32,
             pad: [0; 3],
         }
     }
@@ -199,9 +204,9 @@ impl Conv2d {
             return Ok(x.clone());
         }
         let cols = gpu.empty(&[self.m(), self.ld()])?;
-        let kernel = gpu.kernel(&SHADER, "im2col", &[]);
+        let kernel = gpu.kernel(SHADERS.pick(self.width() == 4), "im2col", &[]);
         let grid = [
-            (self.ow * self.ld()).div_ceil(64) as u32,
+            (self.ow * self.ld() / self.width()).div_ceil(64) as u32,
             self.oh as u32,
             self.n as u32,
         ];
@@ -250,9 +255,9 @@ impl Conv2d {
             return Ok(dcols.reshape(&[self.n, self.h, self.w, self.cin]));
         }
         let dx = gpu.empty(&[self.n, self.h, self.w, self.cin])?;
-        let col2im = gpu.kernel(&SHADER, "col2im", &[]);
+        let col2im = gpu.kernel(SHADERS.pick(self.width() == 4), "col2im", &[]);
         let grid = [
-            (self.w * self.cin).div_ceil(64) as u32,
+            (self.w * self.cin / self.width()).div_ceil(64) as u32,
             self.h as u32,
             self.n as u32,
         ];
@@ -297,7 +302,7 @@ pub fn transpose(gpu: &Gpu, x: &Tensor, rows: usize, cols: usize) -> Result<Tens
         w: cols as u32,
         ..Params::zeroed()
     };
-    let k = gpu.kernel(&SHADER, "transpose", &[]);
+    let k = gpu.kernel(&SHADERS.scalar, "transpose", &[]);
     gpu.dispatch_xyz(
         &k,
         bytemuck::bytes_of(&params),

@@ -1,14 +1,13 @@
-//! ReLU, the residual add and fill: one lane per element.
+//! ReLU, the residual add and fill: one lane per element, or per vec4 of
+//! elements when the length allows.
 
 use anyhow::{Result, ensure};
 use bytemuck::{Pod, Zeroable};
 
-use crate::{Gpu, Shader, Tensor};
+use crate::ops::ShaderPair;
+use crate::{Gpu, Tensor, shader_pair};
 
-const SHADER: Shader = Shader {
-    name: "elementwise",
-    source: include_str!("../../shaders/elementwise.wgsl"),
-};
+const SHADERS: ShaderPair = shader_pair!("elementwise", "../../shaders/elementwise.wgsl");
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -28,7 +27,9 @@ fn run(gpu: &Gpu, entry: &str, value: f32, inputs: &[&Tensor], out: &Tensor) -> 
             out.shape()
         );
     }
-    let kernel = gpu.kernel(&SHADER, entry, &[]);
+    let vec4 = len.is_multiple_of(4);
+    let len = if vec4 { len / 4 } else { len };
+    let kernel = gpu.kernel(SHADERS.pick(vec4), entry, &[]);
     let params = Params {
         len: len as u32,
         value,

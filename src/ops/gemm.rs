@@ -19,6 +19,7 @@ const SHADER_SG8: Shader = Shader {
 const ROWS: usize = 16;
 const COLS: usize = 64;
 const SG8_COLS: usize = 32;
+const SG8_ROWS: usize = 16;
 
 /// How A is read: element (i, p) of the logical [m, k] matrix is at
 /// `i * row + p * col`, so a transposed matrix is just strides.
@@ -164,7 +165,7 @@ impl Gemm {
         let bindings = [(1, a), (2, b), (3, bias_t), (4, c)];
         if let Some(rows_layout) = self.sg8_layout(gpu) {
             let col_blocks = n.div_ceil(SG8_COLS);
-            let tiles = m.div_ceil(16) * col_blocks;
+            let tiles = m.div_ceil(SG8_ROWS) * col_blocks;
             let params = Sg8Params {
                 m: m as u32,
                 n: n as u32,

@@ -4,15 +4,14 @@
 use anyhow::{Result, bail, ensure};
 use bytemuck::{Pod, Zeroable};
 
-use crate::{Gpu, Shader, Tensor};
+use crate::ops::ShaderPair;
+use crate::{Gpu, Tensor, shader_pair};
 
-const SHADER: Shader = Shader {
-    name: "pool",
-    source: concat!(
-        include_str!("../../shaders/common.wgsl"),
-        include_str!("../../shaders/pool.wgsl")
-    ),
-};
+const SHADERS: ShaderPair = shader_pair!(
+    "pool",
+    "../../shaders/common.wgsl",
+    "../../shaders/pool.wgsl"
+);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Pool2d {
@@ -69,12 +68,21 @@ impl Pool2d {
         [self.n, self.oh, self.ow, self.c]
     }
 
+    /// Channels in the kernels' units: vec4s when c % 4 == 0.
+    fn cv(&self) -> usize {
+        if self.c.is_multiple_of(4) {
+            self.c / 4
+        } else {
+            self.c
+        }
+    }
+
     fn params(&self) -> Params {
         Params {
             n: self.n as u32,
             h: self.h as u32,
             w: self.w as u32,
-            c: self.c as u32,
+            c: self.cv() as u32,
             oh: self.oh as u32,
             ow: self.ow as u32,
             size: self.size as u32,
@@ -84,7 +92,7 @@ impl Pool2d {
 
     fn out_grid(&self) -> [u32; 3] {
         [
-            (self.ow * self.c).div_ceil(64) as u32,
+            (self.ow * self.cv()).div_ceil(64) as u32,
             self.oh as u32,
             self.n as u32,
         ]
@@ -92,7 +100,7 @@ impl Pool2d {
 
     fn in_grid(&self) -> [u32; 3] {
         [
-            (self.w * self.c).div_ceil(64) as u32,
+            (self.w * self.cv()).div_ceil(64) as u32,
             self.h as u32,
             self.n as u32,
         ]
@@ -107,7 +115,7 @@ impl Pool2d {
         );
         let y = gpu.empty(&self.output_shape())?;
         let arg = gpu.empty(&self.output_shape())?;
-        let k = gpu.kernel(&SHADER, "max_forward", &[]);
+        let k = gpu.kernel(SHADERS.pick(self.c.is_multiple_of(4)), "max_forward", &[]);
         gpu.dispatch_xyz(
             &k,
             bytemuck::bytes_of(&self.params()),
@@ -124,7 +132,7 @@ impl Pool2d {
         } else {
             "max_backward"
         };
-        let k = gpu.kernel(&SHADER, entry, &[]);
+        let k = gpu.kernel(SHADERS.pick(self.c.is_multiple_of(4)), entry, &[]);
         gpu.dispatch_xyz(
             &k,
             bytemuck::bytes_of(&self.params()),
@@ -141,7 +149,7 @@ impl Pool2d {
             x.shape()
         );
         let y = gpu.empty(&self.output_shape())?;
-        let k = gpu.kernel(&SHADER, "avg_forward", &[]);
+        let k = gpu.kernel(SHADERS.pick(self.c.is_multiple_of(4)), "avg_forward", &[]);
         gpu.dispatch_xyz(
             &k,
             bytemuck::bytes_of(&self.params()),
@@ -153,7 +161,7 @@ impl Pool2d {
 
     pub fn avg_backward(&self, gpu: &Gpu, dy: &Tensor) -> Result<Tensor> {
         let dx = gpu.empty(&[self.n, self.h, self.w, self.c])?;
-        let k = gpu.kernel(&SHADER, "avg_backward", &[]);
+        let k = gpu.kernel(SHADERS.pick(self.c.is_multiple_of(4)), "avg_backward", &[]);
         gpu.dispatch_xyz(
             &k,
             bytemuck::bytes_of(&self.params()),

@@ -4,12 +4,10 @@
 use anyhow::Result;
 use bytemuck::{Pod, Zeroable};
 
-use crate::{Gpu, Shader, Tensor};
+use crate::ops::ShaderPair;
+use crate::{Gpu, Tensor, shader_pair};
 
-const SHADER: Shader = Shader {
-    name: "reduce",
-    source: include_str!("../../shaders/reduce.wgsl"),
-};
+const SHADERS: ShaderPair = shader_pair!("reduce", "../../shaders/reduce.wgsl");
 
 /// What each column accumulates.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,15 +52,19 @@ pub fn column_sums(
     let (rows_per_chunk, chunks) = chunking(m);
     let outputs = if mode == Sum::BatchNormBackward { 2 } else { 1 };
     let part = gpu.empty(&[outputs, chunks, c])?;
+    // Columns in vec4s when they come in whole vec4s.
+    let vec4 = c.is_multiple_of(4);
+    let cv = if vec4 { c / 4 } else { c };
+    let shader = SHADERS.pick(vec4);
     let mut params = Params {
         m: m as u32,
-        c: c as u32,
+        c: cv as u32,
         rows_per_chunk: rows_per_chunk as u32,
         chunks: chunks as u32,
         mode: mode as u32,
         pad: [0; 3],
     };
-    let partial = gpu.kernel(&SHADER, "partial", &[]);
+    let partial = gpu.kernel(shader, "partial", &[]);
     // The `partial` entry point uses every binding (its modes do), so absent
     // inputs are bound to a dummy.
     let dummy = gpu.dummy()?;
@@ -72,7 +74,7 @@ pub fn column_sums(
         (3, stats.unwrap_or(&dummy)),
         (4, &part),
     ];
-    let groups = c.div_ceil(64) as u32;
+    let groups = cv.div_ceil(32) as u32;
     gpu.dispatch_xyz(
         &partial,
         bytemuck::bytes_of(&params),
@@ -83,7 +85,7 @@ pub fn column_sums(
     let shape = if outputs == 2 { vec![2, c] } else { vec![c] };
     let out = gpu.empty(&shape)?;
     params.mode = 0;
-    let finish = gpu.kernel(&SHADER, "finish", &[]);
+    let finish = gpu.kernel(shader, "finish", &[]);
     gpu.dispatch_xyz(
         &finish,
         bytemuck::bytes_of(&params),
