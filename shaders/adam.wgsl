@@ -3,7 +3,8 @@
 //   param -= alpha · m / (sqrt(v) + epsilon),  alpha = lr · sqrt(1 - beta2^t) / (1 - beta1^t)
 // alpha changes every step, so it comes in a small storage tensor written by
 // the host (a uniform would need a new buffer per step). A gradient that is
-// not finite raises a flag the trainer reads with the loss. `len` counts V's
+// not finite (bit 0) or an update that overflows (bit 1) raises a flag the
+// trainer reads with the loss. `len` counts V's
 // (f32 or vec4<f32>, see `ShaderPair`).
 
 struct Params {
@@ -32,5 +33,10 @@ fn step(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
   let vi = v[i] + (g * g - v[i]) * (1.0 - p.beta2);
   m[i] = mi;
   v[i] = vi;
-  param[i] -= alpha[0] * mi / (sqrt(vi) + p.epsilon);
+  let next = param[i] - alpha[0] * mi / (sqrt(vi) + p.epsilon);
+  // A parameter that overflowed is as fatal as a gradient that did.
+  if (any(!(abs(next) <= V(3.4028235e38)))) {
+    atomicOr(&flag[0], 2u);
+  }
+  param[i] = next;
 }

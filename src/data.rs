@@ -129,19 +129,25 @@ struct Columns {
 /// (1-based line numbers, the header is line 1), unless `opts.skip_bad_rows` is set, in
 /// which case it is skipped and counted in `skipped_rows`.
 pub fn load_csv(path: &Path, opts: &LoadOptions) -> Result<Dataset> {
-    let name = path.display();
+    let name = path.display().to_string();
+    let file = File::open(path).with_context(|| format!("cannot open data file {name}"))?;
+    read_csv(file, &name, opts)
+}
+
+/// Like [`load_csv`], from any reader; `name` is used in messages (the fuzz
+/// target feeds bytes through here).
+pub fn read_csv<R: std::io::Read>(reader: R, name: &str, opts: &LoadOptions) -> Result<Dataset> {
     if opts.classes == Some(0) {
         bail!("the number of classes must be at least 1");
     }
     if opts.classes.is_some_and(|c| c > 256) {
         bail!("at most 256 classes are supported (labels are stored as bytes)");
     }
-    let file = File::open(path).with_context(|| format!("cannot open data file {name}"))?;
     let mut rdr = csv::ReaderBuilder::new()
         .has_headers(true)
         .flexible(true)
         .buffer_capacity(1 << 20)
-        .from_reader(file);
+        .from_reader(reader);
 
     let headers = rdr
         .byte_headers()

@@ -10,6 +10,7 @@ pub mod bench;
 pub mod checkpoint;
 pub mod data;
 pub mod eval;
+pub mod fuzzing;
 pub mod gpu;
 pub mod image_input;
 pub mod model;

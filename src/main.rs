@@ -107,6 +107,9 @@ enum Command {
         /// Print nothing but errors.
         #[arg(long, short)]
         quiet: bool,
+        /// Testing aid: behave as if Ctrl-C came after N steps.
+        #[arg(long, value_name = "N", hide = true)]
+        interrupt_after: Option<usize>,
     },
     /// Evaluate weights on labelled faces: loss, accuracy, per-class precision / recall / F1, confusion matrix.
     Eval {
@@ -224,6 +227,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             steps_per_epoch,
             adapter,
             quiet,
+            interrupt_after,
         } => {
             let class_names = match (&class_names, classes) {
                 (Some(s), Some(n)) => data::parse_class_names(s, n)?,
@@ -266,6 +270,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 adapter,
                 quiet,
                 epochs_override: (resuming && epochs_given).then_some(epochs),
+                interrupt_after,
             })?;
             Ok(match outcome {
                 train::Outcome::Finished { .. } => ExitCode::SUCCESS,

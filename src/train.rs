@@ -89,6 +89,8 @@ pub struct TrainRequest {
     pub quiet: bool,
     /// Resume: train up to this many epochs instead of the saved number.
     pub epochs_override: Option<usize>,
+    /// Act as if Ctrl-C came after this many steps (tests of resume).
+    pub interrupt_after: Option<usize>,
 }
 
 /// How a training call ended.
@@ -152,6 +154,10 @@ pub fn run(req: TrainRequest) -> Result<Outcome> {
         val.len(),
         test.len()
     ));
+    let gpu = Gpu::new(req.adapter.as_deref())?;
+    say(format!("adapter: {}", gpu.adapter()));
+    let arch = Architecture::resnet(classes);
+    check_limits(&gpu, &arch, config.batch_size)?;
     ensure!(
         train.len() >= config.batch_size,
         "the training split has {} faces, fewer than one batch of {}; lower --batch-size",
@@ -163,10 +169,6 @@ pub fn run(req: TrainRequest) -> Result<Outcome> {
         serde_json::to_string_pretty(&config)?.as_bytes(),
     )?;
 
-    let gpu = Gpu::new(req.adapter.as_deref())?;
-    say(format!("adapter: {}", gpu.adapter()));
-    let arch = Architecture::resnet(classes);
-    check_limits(&gpu, &arch, config.batch_size)?;
     let adam = AdamConfig {
         lr: config.lr,
         ..AdamConfig::default()
@@ -214,6 +216,7 @@ pub fn run(req: TrainRequest) -> Result<Outcome> {
     let mut images = vec![0f32; batch * PIXELS];
     let mut labels = vec![0u8; batch];
 
+    let mut steps_run = 0;
     while state.epoch < config.epochs && !state.stopped_early {
         let epoch = state.epoch;
         let order = data::epoch_order(train.len(), config.seed, epoch);
@@ -228,7 +231,8 @@ pub fn run(req: TrainRequest) -> Result<Outcome> {
         let seconds_before = state.seconds;
         let first_step = state.step;
         while state.step < steps {
-            if INTERRUPTED.load(Ordering::Relaxed) {
+            let stop_now = req.interrupt_after.is_some_and(|n| steps_run >= n);
+            if INTERRUPTED.load(Ordering::Relaxed) || stop_now {
                 bar.abandon();
                 state.seconds = seconds_before + started.elapsed().as_secs_f64();
                 state.adam_t = trainer.adam.t;
@@ -257,12 +261,13 @@ pub fn run(req: TrainRequest) -> Result<Outcome> {
                 to_f32(&pixels, &mut images);
             }
             let r = trainer.step(&images, &labels)?;
+            steps_run += 1;
             if !r.finite {
                 bar.abandon();
                 bail!(
-                    "training diverged at epoch {}, step {}: the loss or a gradient is not finite \
-                     (loss {}). The last good weights are in {} (if an epoch finished); \
-                     try a smaller --lr",
+                    "training diverged at epoch {}, step {}: the loss, a gradient or a weight is not \
+                     finite, or the loss exploded (loss {:e}). The last good weights are in {} (if an \
+                     epoch finished); try a smaller --lr",
                     epoch + 1,
                     state.step + 1,
                     r.loss,

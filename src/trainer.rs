@@ -13,13 +13,20 @@ use crate::optim::Adam;
 use crate::tape::Tape;
 use crate::{Gpu, Tensor};
 
+/// A mean cross-entropy above this means the true class gets a probability
+/// of e^-10000 on average: the run has diverged even if every number is
+/// still finite (with softmax folded into the loss, logits of 1e9 give a
+/// finite, absurd loss rather than a NaN).
+pub const EXPLODED_LOSS: f32 = 1e4;
+
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct StepResult {
     /// Mean cross-entropy of the batch (before the update).
     pub loss: f32,
     /// Correct predictions in the batch.
     pub correct: usize,
-    /// False when a gradient was NaN or infinite (the update was skipped for it).
+    /// False when the loss, a gradient or an updated parameter is NaN or
+    /// infinite, or the loss exploded past `EXPLODED_LOSS`.
     pub finite: bool,
 }
 
@@ -93,7 +100,7 @@ impl Trainer {
         Ok(StepResult {
             loss: r[0],
             correct: r[1] as usize,
-            finite: r[2].to_bits() == 0 && r[0].is_finite(),
+            finite: r[2].to_bits() == 0 && r[0].is_finite() && r[0] <= EXPLODED_LOSS,
         })
     }
 }

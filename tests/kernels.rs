@@ -579,4 +579,12 @@ fn adam_flags_a_non_finite_gradient() {
     )
     .unwrap();
     assert_eq!(read(&gpu, &flag)[0].to_bits(), 1);
+    // A finite gradient whose update overflows a weight raises bit 1.
+    let big = upload(&gpu, &[4], &[3e38, 1.0, 2.0, 3.0]);
+    let (m4, v4) = (gpu.zeros(&[4]).unwrap(), gpu.zeros(&[4]).unwrap());
+    let flag = gpu.zeros(&[1]).unwrap();
+    let huge = upload(&gpu, &[1], &[1e38]);
+    let g = upload(&gpu, &[4], &[-1.0, 0.1, 0.1, 0.1]);
+    adam::step(&gpu, &config, &big, &g, &m4, &v4, &huge, &flag).unwrap();
+    assert_eq!(read(&gpu, &flag)[0].to_bits(), 2);
 }
