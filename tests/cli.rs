@@ -2,26 +2,12 @@
 //! output, eval and predict on what it wrote, a learnable synthetic set that
 //! must reach 95 %, and every bad input getting an error instead of a panic.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
+use std::path::Path;
+
+use common::{s, sample_csv, temp_dir, text, wgfer};
 use wgfer::checkpoint;
-
-fn wgfer(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_wgfer"))
-        .args(args)
-        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
-        .output()
-        .expect("run wgfer")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 /// A command that must fail cleanly: non-zero exit, a message containing
 /// `needle`, and no panic.
@@ -43,28 +29,6 @@ fn fails_with(args: &[&str], needle: &str) {
         "`wgfer {}`: expected `{needle}` in:\n{t}",
         args.join(" ")
     );
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("wgfer-cli-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn sample_csv() -> PathBuf {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/emotion-sample.csv");
-    assert!(
-        p.exists(),
-        "THE TEST DATA IS MISSING: {} not found. The CLI tests need FER-2013's sample beside the repository \
-         (../shared/data/emotion-sample.csv).",
-        p.display()
-    );
-    p
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 #[test]

@@ -588,3 +588,45 @@ fn adam_flags_a_non_finite_gradient() {
     adam::step(&gpu, &config, &big, &g, &m4, &v4, &huge, &flag).unwrap();
     assert_eq!(read(&gpu, &flag)[0].to_bits(), 2);
 }
+
+#[test]
+fn a_dispatch_beyond_the_workgroup_limit_is_split_over_two_dimensions() {
+    let gpu = gpu();
+    let max = gpu.limits().max_compute_workgroups_per_dimension as usize;
+    // An odd length takes the scalar build: one lane per element, 256 per
+    // workgroup, so this needs more workgroups than one dimension allows.
+    let len = max * 256 + 13;
+    let x: Vec<f32> = (0..len).map(|i| (i % 1009) as f32 - 504.0).collect();
+    assert!(
+        gpu.grid(len.div_ceil(256) as u32).unwrap().1 > 1,
+        "the test must need a 2-D grid"
+    );
+    let y = elementwise::relu(&gpu, &upload(&gpu, &[len], &x)).unwrap();
+    let got = read(&gpu, &y);
+    let first_wrong = got.iter().zip(&x).position(|(g, v)| *g != v.max(0.0));
+    assert_eq!(first_wrong, None, "relu over {len} elements");
+}
+
+#[test]
+fn work_beyond_the_adapter_limits_is_refused_with_the_limit_named() {
+    let gpu = gpu();
+    let too_many = gpu.max_binding_elements() + 1;
+    let e = gpu.empty(&[too_many]).unwrap_err().to_string();
+    assert!(e.contains("max_storage_buffer_binding_size"), "{e}");
+    let max = gpu.limits().max_compute_workgroups_per_dimension;
+    let e = gpu
+        .grid(max.saturating_mul(max).saturating_add(1))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("max_compute_workgroups_per_dimension"), "{e}");
+    // A batch whose activations would not fit is refused before training.
+    let arch = wgfer::model::Architecture::resnet(5);
+    let e = wgfer::train::check_limits(&gpu, &arch, 1 << 20)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("max_storage_buffer_binding_size") && e.contains("--batch-size"),
+        "{e}"
+    );
+    assert!(wgfer::train::check_limits(&gpu, &arch, 64).is_ok());
+}

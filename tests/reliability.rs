@@ -3,49 +3,14 @@
 //! with the same weights as an uninterrupted one; diverging training stops
 //! with a message; limits and output paths are checked before training.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
+use common::{s, sample_csv, temp_dir, text, wgfer};
 use wgfer::checkpoint;
-
-fn wgfer(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_wgfer"))
-        .args(args)
-        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
-        .output()
-        .expect("run wgfer")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("wgfer-rel-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn sample_csv() -> PathBuf {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/emotion-sample.csv");
-    assert!(
-        p.exists(),
-        "THE TEST DATA IS MISSING: {} not found. These tests need FER-2013's sample beside the repository \
-         (../shared/data/emotion-sample.csv).",
-        p.display()
-    );
-    p
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
 
 /// A short run's arguments: 300 faces, batches of 16, 3 steps an epoch.
 fn short_run(data: &Path, out: &Path, epochs: usize) -> Vec<String> {

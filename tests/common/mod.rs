@@ -71,3 +71,50 @@ pub fn check(what: &str, got: &[f32], want: &[f64]) {
         "{what}: relative error {e:.3e} > {TOLERANCE:e}"
     );
 }
+
+// ------------------------------------------------------------ the binary
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// Run the `wgfer` binary built for these tests.
+pub fn wgfer(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_wgfer"))
+        .args(args)
+        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+        .output()
+        .expect("run wgfer")
+}
+
+/// stdout and stderr together.
+pub fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// A fresh, empty directory for one test.
+pub fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("wgfer-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// `../shared/data/emotion-sample.csv`, or a loud failure naming where it was looked for.
+pub fn sample_csv() -> PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/emotion-sample.csv");
+    assert!(
+        p.exists(),
+        "THE TEST DATA IS MISSING: {} not found. These tests need FER-2013's sample beside the repository \
+         (../shared/data/emotion-sample.csv).",
+        p.display()
+    );
+    p
+}
+
+pub fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
