@@ -4,7 +4,9 @@
 // Column sums come from reduce.wgsl; these kernels turn them into
 // statistics and apply them. `stats` is [mean | invstd], invstd = 1/sqrt(var + eps).
 // Row kernels: lanes own channels, a workgroup owns ROWS rows (grid (ceil(c / 32), ceil(m / ROWS))).
-// c counts V's (f32 or vec4<f32>, see `ShaderPair`).
+// c counts V's (f32 or vec4<f32>, see `ShaderPair`). With RELU the layer is
+// batch norm followed by ReLU, fused: normalize clamps at zero, and the
+// backward pass masks dy with the fused output y (binding 9) on the fly.
 
 struct Params {
   m: u32, c: u32, eps: f32, momentum: f32,
@@ -19,6 +21,9 @@ struct Params {
 @group(0) @binding(6) var<storage, read_write> out: array<V>;
 @group(0) @binding(7) var<storage, read_write> out2: array<V>;
 @group(0) @binding(8) var<storage, read_write> out3: array<V>;
+@group(0) @binding(9) var<storage, read> relu_out: array<V>;
+
+override RELU: bool = false;
 
 const ROWS: u32 = 32u;
 
@@ -61,12 +66,15 @@ fn normalize(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_ind
   let end = min(start + ROWS, p.m);
   for (var r = start; r < end; r++) {
     let i = r * p.c + col;
-    out[i] = a[i] * scale + shift;
+    var v = a[i] * scale + shift;
+    if (RELU) { v = max(v, V(0.0)); }
+    out[i] = v;
   }
 }
 
 // dx = gamma · invstd · (dy − Σdy / m − xhat · Σ(dy·xhat) / m).
-// a = x, b = dy, c3 = stats, d4 = gamma, e5 = [Σdy | Σdy·xhat] → out = dx.
+// a = x, b = dy, c3 = stats, d4 = gamma, e5 = [Σdy | Σdy·xhat] → out = dx;
+// with RELU, dy is first masked where relu_out is zero.
 @compute @workgroup_size(32)
 fn grad_input(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
   let col = wg.x * 32u + li;
@@ -81,6 +89,8 @@ fn grad_input(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_in
   for (var r = start; r < end; r++) {
     let i = r * p.c + col;
     let xhat = (a[i] - mean) * invstd;
-    out[i] = k * (b[i] - mdy - xhat * mdyx);
+    var g = b[i];
+    if (RELU) { g = select(V(0.0), g, relu_out[i] > V(0.0)); }
+    out[i] = k * (g - mdy - xhat * mdyx);
   }
 }

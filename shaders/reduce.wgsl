@@ -15,10 +15,13 @@ struct Params {
 // Per-column statistics [2, c]: mean, then 1 / sqrt(var + eps).
 @group(0) @binding(3) var<storage, read> stats: array<V>;
 @group(0) @binding(4) var<storage, read_write> part: array<V>;
+// BN_RELU_BACKWARD: the fused batch-norm + ReLU output; dy counts where it is > 0.
+@group(0) @binding(5) var<storage, read> relu_out: array<V>;
 
 const SUM: u32 = 0u;          // part[0] = sum x
 const SQUARES: u32 = 1u;      // part[0] = sum (x - mean)^2
 const BN_BACKWARD: u32 = 2u;  // part[0] = sum dy, part[1] = sum dy * (x - mean) * invstd
+const BN_RELU_BACKWARD: u32 = 3u;  // the same with dy masked by relu_out > 0
 
 // grid (ceil(c / 32), chunks). Output layout: part[(q * chunks + chunk) * c + col] for q in {0, 1}.
 @compute @workgroup_size(32)
@@ -38,10 +41,13 @@ fn partial(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index
   } else {
     let mean = stats[col];
     let invstd = stats[p.c + col];
+    let masked = p.mode == BN_RELU_BACKWARD;
     for (var r = start; r < end; r++) {
-      let g = dy[r * p.c + col];
+      let i = r * p.c + col;
+      var g = dy[i];
+      if (masked) { g = select(V(0.0), g, relu_out[i] > V(0.0)); }
       s0 += g;
-      s1 += g * (x[r * p.c + col] - mean) * invstd;
+      s1 += g * (x[i] - mean) * invstd;
     }
     part[(p.chunks + chunk) * p.c + col] = s1;
   }

@@ -175,7 +175,7 @@ pub fn run(
 
     say(format!("kernels at the model's shapes, batch {batch}:"));
     let arch = Architecture::resnet(5);
-    for layer in &arch.layers {
+    for (i, layer) in arch.layers.iter().enumerate() {
         let input_shape: Vec<usize> = layer
             .inputs
             .first()
@@ -237,7 +237,9 @@ pub fn run(
             }
             Op::BatchNorm => {
                 let c = *x_shape.last().unwrap();
-                let bn = BatchNorm::new(c);
+                // As the training step runs it: fused with the ReLU that follows.
+                let fused = arch.relu_fused_into(i + 1);
+                let bn = if fused { BatchNorm::with_relu(c) } else { BatchNorm::new(c) };
                 let x = b.tensor(&x_shape)?;
                 let dy = b.tensor(&x_shape)?;
                 let (gamma, beta, mm) = (b.tensor(&[c])?, b.tensor(&[c])?, b.tensor(&[c])?);
@@ -248,9 +250,9 @@ pub fn run(
                     moving_mean: &mm,
                     moving_var: &mv,
                 };
-                let (_, stats) = bn.forward_train(gpu, &x, &p)?;
+                let (y, stats) = bn.forward_train(gpu, &x, &p)?;
                 let bytes = 4.0 * x.len() as f64;
-                let label = format!("batchnorm {name}");
+                let label = format!("{} {name}", if fused { "batchnorm+relu" } else { "batchnorm" });
                 b.record(
                     &label,
                     "forward",
@@ -260,9 +262,10 @@ pub fn run(
                     || bn.forward_train(gpu, &x, &p).map(drop),
                 )?;
                 b.record(&label, "backward", shape, None, Some(5.0 * bytes), || {
-                    bn.backward(gpu, &x, &dy, &stats, &gamma).map(drop)
+                    bn.backward(gpu, &x, &y, &dy, &stats, &gamma).map(drop)
                 })?;
             }
+            Op::Relu if arch.relu_fused_into(i) => {}
             Op::Relu => {
                 let x = b.tensor(&x_shape)?;
                 let bytes = 4.0 * x.len() as f64;

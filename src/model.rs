@@ -350,6 +350,23 @@ impl Architecture {
         b.arch
     }
 
+    /// True when layer `i` is a ReLU whose only input is a batch norm that
+    /// nothing else reads: the two run as one fused op.
+    pub fn relu_fused_into(&self, i: usize) -> bool {
+        let Some(layer) = self.layers.get(i) else {
+            return false;
+        };
+        let [bn] = layer.inputs[..] else { return false };
+        layer.op == Op::Relu
+            && self.layers[bn].op == Op::BatchNorm
+            && self
+                .layers
+                .iter()
+                .filter(|l| l.inputs.contains(&bn))
+                .count()
+                == 1
+    }
+
     pub fn param_count(&self) -> (usize, usize) {
         let trainable = self
             .params
@@ -524,8 +541,14 @@ impl Model {
                         moving_mean: self.param(layer, 2),
                         moving_var: self.param(layer, 3),
                     };
-                    nn::batch_norm(tape, &input(0), &p, training)?
+                    if self.arch.relu_fused_into(i + 1) {
+                        nn::batch_norm_relu(tape, &input(0), &p, training)?
+                    } else {
+                        nn::batch_norm(tape, &input(0), &p, training)?
+                    }
                 }
+                // Already applied by the batch norm it follows.
+                Op::Relu if self.arch.relu_fused_into(i) => input(0),
                 Op::Relu => nn::relu(tape, &input(0))?,
                 Op::MaxPool { size, stride } => nn::max_pool(tape, &input(0), *size, *stride)?,
                 Op::AvgPool { size, stride } => nn::avg_pool(tape, &input(0), *size, *stride)?,

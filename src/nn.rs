@@ -49,15 +49,33 @@ pub fn conv2d(
 /// Batch normalisation over the last axis. Training mode normalises with the
 /// batch statistics and updates the moving averages; inference mode uses them.
 pub fn batch_norm(tape: &Tape, x: &Tensor, p: &BnParams, training: bool) -> Result<Tensor> {
-    let c = *x.shape().last().unwrap_or(&0);
-    let bn = BatchNorm::new(c);
+    batch_norm_as(BatchNorm::new(last_dim(x)), tape, x, p, training)
+}
+
+/// Batch normalisation followed by ReLU, in the same kernels (one pass over
+/// the activations instead of two, forward and backward).
+pub fn batch_norm_relu(tape: &Tape, x: &Tensor, p: &BnParams, training: bool) -> Result<Tensor> {
+    batch_norm_as(BatchNorm::with_relu(last_dim(x)), tape, x, p, training)
+}
+
+fn last_dim(x: &Tensor) -> usize {
+    *x.shape().last().unwrap_or(&0)
+}
+
+fn batch_norm_as(
+    bn: BatchNorm,
+    tape: &Tape,
+    x: &Tensor,
+    p: &BnParams,
+    training: bool,
+) -> Result<Tensor> {
     if !training {
         return bn.forward_infer(tape.gpu(), x, p);
     }
     let (y, stats) = bn.forward_train(tape.gpu(), x, p)?;
-    let (x2, gamma) = (x.clone(), p.gamma.clone());
+    let (x2, y2, gamma) = (x.clone(), y.clone(), p.gamma.clone());
     tape.record(&[x, p.gamma, p.beta], &y, move |gpu, dy, _| {
-        let g = bn.backward(gpu, &x2, dy, &stats, &gamma)?;
+        let g = bn.backward(gpu, &x2, &y2, dy, &stats, &gamma)?;
         Ok(vec![Some(g.dx), Some(g.dgamma), Some(g.dbeta)])
     });
     Ok(y)

@@ -2,7 +2,7 @@
 //! gradient the tape's per-parameter gradients are gathered into, and the
 //! per-step scalars. All of it lives on the GPU; nothing is allocated per step.
 
-use anyhow::{Result, ensure};
+use anyhow::{Result, bail, ensure};
 
 use crate::model::Model;
 use crate::ops::adam::{self, AdamConfig};
@@ -48,9 +48,10 @@ impl Adam {
     /// Gather the parameter gradients into the flat vector and update.
     pub fn step(&mut self, gpu: &Gpu, model: &Model, grads: &Grads) -> Result<()> {
         for (info, view) in model.trainable_views() {
-            let g = grads.get(view);
-            ensure!(g.is_some(), "no gradient reached parameter {}", info.name);
-            gpu.copy(g.unwrap(), 0, &self.grad, info.offset, info.len())?;
+            let Some(g) = grads.get(view) else {
+                bail!("no gradient reached parameter {}", info.name);
+            };
+            gpu.copy(g, 0, &self.grad, info.offset, info.len())?;
         }
         adam::step(
             gpu,

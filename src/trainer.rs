@@ -110,9 +110,8 @@ impl Trainer {
 /// that of the mirrored image (test-time augmentation).
 pub fn predict(model: &Model, pixels: &[u8], batch: usize, flip: bool) -> Result<Vec<f32>> {
     let n = pixels.len() / PIXELS;
-    let k = model.arch.num_classes;
     let gpu = &model.gpu;
-    let mut probs = Vec::with_capacity(n * k);
+    let mut probs = Vec::with_capacity(n * model.arch.num_classes);
     let mut input = vec![0f32; batch.min(n.max(1)) * PIXELS];
     for start in (0..n).step_by(batch.max(1)) {
         let count = batch.min(n - start);
@@ -131,7 +130,6 @@ pub fn predict(model: &Model, pixels: &[u8], batch: usize, flip: bool) -> Result
         }
         probs.extend(p);
     }
-    let _ = k;
     Ok(probs)
 }
 

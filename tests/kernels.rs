@@ -326,7 +326,7 @@ fn batchnorm_forward_train_infer_backward() {
         );
 
         let g = bn
-            .backward(&gpu, &xt, &upload(&gpu, &[m, c], &dy), &stats, &gt)
+            .backward(&gpu, &xt, &y, &upload(&gpu, &[m, c], &dy), &stats, &gt)
             .unwrap();
         let (dx, dgamma, dbeta) =
             batchnorm::cpu::backward(&f64s(&x), &f64s(&dy), c, &f64s(&gamma), eps);
@@ -629,4 +629,76 @@ fn work_beyond_the_adapter_limits_is_refused_with_the_limit_named() {
         "{e}"
     );
     assert!(wgfer::train::check_limits(&gpu, &arch, 64).is_ok());
+}
+
+#[test]
+fn batchnorm_relu_fused_forward_and_backward() {
+    let gpu = gpu();
+    let mut rng = rng();
+    for (m, c) in [(7, 5), (30, 13), (2 * 24 * 24, 64), (64 * 25, 256)] {
+        let bn = BatchNorm::with_relu(c);
+        let x: Vec<f32> = random(&mut rng, m * c)
+            .iter()
+            .map(|v| 3.0 * v + 0.5)
+            .collect();
+        let (gamma, beta) = (random(&mut rng, c), random(&mut rng, c));
+        let dy = random(&mut rng, m * c);
+        let (gt, bt) = (upload(&gpu, &[c], &gamma), upload(&gpu, &[c], &beta));
+        let (mmt, mvt) = (gpu.zeros(&[c]).unwrap(), upload(&gpu, &[c], &vec![1.0; c]));
+        let params = BnParams {
+            gamma: &gt,
+            beta: &bt,
+            moving_mean: &mmt,
+            moving_var: &mvt,
+        };
+        let xt = upload(&gpu, &[m, c], &x);
+        let eps = batchnorm::EPSILON as f64;
+        let (y, stats) = bn.forward_train(&gpu, &xt, &params).unwrap();
+        let (bn_y, _, _) =
+            batchnorm::cpu::forward_train(&f64s(&x), c, &f64s(&gamma), &f64s(&beta), eps);
+        let want = elementwise::cpu::relu(&bn_y);
+        check(
+            &format!("batchnorm_relu_forward {m}x{c}"),
+            &read(&gpu, &y),
+            &want,
+        );
+        // The ReLU's backward first, then the batch norm's.
+        let masked = elementwise::cpu::relu_backward(&want, &f64s(&dy));
+        let (dx, dgamma, dbeta) =
+            batchnorm::cpu::backward(&f64s(&x), &masked, c, &f64s(&gamma), eps);
+        let g = bn
+            .backward(&gpu, &xt, &y, &upload(&gpu, &[m, c], &dy), &stats, &gt)
+            .unwrap();
+        check(
+            &format!("batchnorm_relu_grad_input {m}x{c}"),
+            &read(&gpu, &g.dx),
+            &dx,
+        );
+        check(
+            &format!("batchnorm_relu_grad_gamma {m}x{c}"),
+            &read(&gpu, &g.dgamma),
+            &dgamma,
+        );
+        check(
+            &format!("batchnorm_relu_grad_beta {m}x{c}"),
+            &read(&gpu, &g.dbeta),
+            &dbeta,
+        );
+        // Inference normalises with the moving averages forward_train updated.
+        let yi = bn.forward_infer(&gpu, &xt, &params).unwrap();
+        let want = elementwise::cpu::relu(&batchnorm::cpu::normalize(
+            &f64s(&x),
+            c,
+            &f64s(&read(&gpu, &mmt)),
+            &f64s(&read(&gpu, &mvt)),
+            &f64s(&gamma),
+            &f64s(&beta),
+            eps,
+        ));
+        check(
+            &format!("batchnorm_relu_forward_infer {m}x{c}"),
+            &read(&gpu, &yi),
+            &want,
+        );
+    }
 }

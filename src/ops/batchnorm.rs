@@ -30,6 +30,8 @@ struct Params {
 pub struct BatchNorm {
     /// Channels (the last dimension).
     pub c: usize,
+    /// Followed by a ReLU, fused into these kernels.
+    pub relu: bool,
     pub eps: f32,
     pub momentum: f32,
 }
@@ -52,6 +54,7 @@ impl BatchNorm {
     pub fn new(c: usize) -> Self {
         BatchNorm {
             c,
+            relu: false,
             eps: EPSILON,
             momentum: MOMENTUM,
         }
@@ -66,8 +69,21 @@ impl BatchNorm {
         }
     }
 
+    /// Batch norm followed by a ReLU: one pass forward, and the ReLU's
+    /// backward folded into the batch norm's.
+    pub fn with_relu(c: usize) -> Self {
+        BatchNorm {
+            relu: true,
+            ..Self::new(c)
+        }
+    }
+
     fn kernel(&self, gpu: &Gpu, entry: &str) -> Arc<Kernel> {
-        gpu.kernel(SHADERS.pick(self.c.is_multiple_of(4)), entry, &[])
+        gpu.kernel(
+            SHADERS.pick(self.c.is_multiple_of(4)),
+            entry,
+            &[("RELU", self.relu as u32 as f64)],
+        )
     }
 
     /// Workgroups across the channels (32 lanes each).
@@ -103,14 +119,14 @@ impl BatchNorm {
         let bytes = bytemuck::bytes_of(&params);
         let groups = self.groups();
         let stats = gpu.empty(&[2, self.c])?;
-        let sums = column_sums(gpu, Sum::Plain, x, None, None, self.c)?;
+        let sums = column_sums(gpu, Sum::Plain, x, None, None, None, self.c)?;
         gpu.dispatch(
             &self.kernel(gpu, "mean"),
             bytes,
             &[(1, &sums), (6, &stats)],
             groups,
         )?;
-        let squares = column_sums(gpu, Sum::Squares, x, None, Some(&stats), self.c)?;
+        let squares = column_sums(gpu, Sum::Squares, x, None, Some(&stats), None, self.c)?;
         gpu.dispatch(
             &self.kernel(gpu, "variance"),
             bytes,
@@ -158,18 +174,26 @@ impl BatchNorm {
         Ok(y)
     }
 
-    /// Gradients for x, gamma and beta (training-mode statistics).
+    /// Gradients for x, gamma and beta (training-mode statistics). `dy` is
+    /// the gradient of this layer's output: after the ReLU when fused, and
+    /// then `y` is that output (it says where the ReLU passed the gradient).
     pub fn backward(
         &self,
         gpu: &Gpu,
         x: &Tensor,
+        y: &Tensor,
         dy: &Tensor,
         stats: &Tensor,
         gamma: &Tensor,
     ) -> Result<BnGrads> {
         let m = self.rows(x)?;
         let c = self.c;
-        let sums = column_sums(gpu, Sum::BatchNormBackward, x, Some(dy), Some(stats), c)?;
+        let (mode, relu_out) = if self.relu {
+            (Sum::BatchNormReluBackward, Some(y))
+        } else {
+            (Sum::BatchNormBackward, None)
+        };
+        let sums = column_sums(gpu, mode, x, Some(dy), Some(stats), relu_out, c)?;
         let dx = gpu.empty(x.shape())?;
         gpu.dispatch_xyz(
             &self.kernel(gpu, "grad_input"),
@@ -181,6 +205,7 @@ impl BatchNorm {
                 (4, gamma),
                 (5, &sums),
                 (6, &dx),
+                (9, y),
             ],
             [self.groups(), m.div_ceil(ROWS) as u32, 1],
         )?;

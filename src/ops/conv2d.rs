@@ -285,7 +285,7 @@ impl Conv2d {
 
     /// db = Σ over output pixels of dy.
     pub fn grad_bias(&self, gpu: &Gpu, dy: &Tensor) -> Result<Tensor> {
-        column_sums(gpu, Sum::Plain, dy, None, None, self.cout)
+        column_sums(gpu, Sum::Plain, dy, None, None, None, self.cout)
     }
 }
 

@@ -77,7 +77,7 @@ impl Dense {
     }
 
     pub fn grad_bias(&self, gpu: &Gpu, dy: &Tensor) -> Result<Tensor> {
-        column_sums(gpu, Sum::Plain, dy, None, None, self.outputs)
+        column_sums(gpu, Sum::Plain, dy, None, None, None, self.outputs)
     }
 }
 

@@ -18,6 +18,8 @@ pub enum Sum {
     Squares,
     /// [Σ dy | Σ dy·(x − mean)·invstd], with `stats` = [mean | invstd]
     BatchNormBackward,
+    /// The same with dy masked where the fused batch-norm + ReLU output is 0.
+    BatchNormReluBackward,
 }
 
 #[repr(C)]
@@ -39,18 +41,24 @@ fn chunking(m: usize) -> (usize, usize) {
 }
 
 /// Column sums of `x` ([m, c] as a flat tensor). Returns [c], or [2, c] for
-/// `Sum::BatchNormBackward`.
+/// the batch-norm backward sums; `relu_out` is the fused output for
+/// `Sum::BatchNormReluBackward`.
 pub fn column_sums(
     gpu: &Gpu,
     mode: Sum,
     x: &Tensor,
     dy: Option<&Tensor>,
     stats: Option<&Tensor>,
+    relu_out: Option<&Tensor>,
     c: usize,
 ) -> Result<Tensor> {
     let m = x.len() / c;
     let (rows_per_chunk, chunks) = chunking(m);
-    let outputs = if mode == Sum::BatchNormBackward { 2 } else { 1 };
+    let outputs = if matches!(mode, Sum::BatchNormBackward | Sum::BatchNormReluBackward) {
+        2
+    } else {
+        1
+    };
     let part = gpu.empty(&[outputs, chunks, c])?;
     // Columns in vec4s when they come in whole vec4s.
     let vec4 = c.is_multiple_of(4);
@@ -73,6 +81,7 @@ pub fn column_sums(
         (2, dy.unwrap_or(&dummy)),
         (3, stats.unwrap_or(&dummy)),
         (4, &part),
+        (5, relu_out.unwrap_or(&dummy)),
     ];
     let groups = cv.div_ceil(32) as u32;
     gpu.dispatch_xyz(
