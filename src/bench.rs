@@ -239,7 +239,11 @@ pub fn run(
                 let c = *x_shape.last().unwrap();
                 // As the training step runs it: fused with the ReLU that follows.
                 let fused = arch.relu_fused_into(i + 1);
-                let bn = if fused { BatchNorm::with_relu(c) } else { BatchNorm::new(c) };
+                let bn = if fused {
+                    BatchNorm::with_relu(c)
+                } else {
+                    BatchNorm::new(c)
+                };
                 let x = b.tensor(&x_shape)?;
                 let dy = b.tensor(&x_shape)?;
                 let (gamma, beta, mm) = (b.tensor(&[c])?, b.tensor(&[c])?, b.tensor(&[c])?);
@@ -252,7 +256,10 @@ pub fn run(
                 };
                 let (y, stats) = bn.forward_train(gpu, &x, &p)?;
                 let bytes = 4.0 * x.len() as f64;
-                let label = format!("{} {name}", if fused { "batchnorm+relu" } else { "batchnorm" });
+                let label = format!(
+                    "{} {name}",
+                    if fused { "batchnorm+relu" } else { "batchnorm" }
+                );
                 b.record(
                     &label,
                     "forward",

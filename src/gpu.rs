@@ -277,6 +277,16 @@ impl Gpu {
         })))
     }
 
+    /// The one-line notice to show when wgfer fell back to a software adapter.
+    pub fn software_notice(&self) -> Option<String> {
+        self.0.summary.is_software.then(|| {
+            format!(
+                "note: no hardware GPU adapter found; using the software adapter {} (slow; see `wgfer info`)",
+                self.0.summary
+            )
+        })
+    }
+
     pub fn adapter(&self) -> &AdapterSummary {
         &self.0.summary
     }

@@ -206,6 +206,15 @@ fn quiet_wayland_probe() {
     }
 }
 
+/// The GPU, with a one-line notice on stderr when it is a software adapter.
+fn open_gpu(adapter: Option<&str>) -> Result<Gpu> {
+    let gpu = Gpu::new(adapter)?;
+    if let Some(notice) = gpu.software_notice() {
+        eprintln!("{notice}");
+    }
+    Ok(gpu)
+}
+
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Train {
@@ -328,7 +337,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     )
                 }
             };
-            let gpu = Gpu::new(adapter.as_deref())?;
+            let gpu = open_gpu(adapter.as_deref())?;
             let (model, class_names) = Model::load(&gpu, &weights)?;
             let opts = LoadOptions {
                 classes: Some(model.arch.num_classes),
@@ -388,7 +397,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if faces.is_empty() {
                 bail!("none of the inputs could be read");
             }
-            let gpu = Gpu::new(adapter.as_deref())?;
+            let gpu = open_gpu(adapter.as_deref())?;
             let (model, class_names) = Model::load(&gpu, &weights)?;
             let answers = predict::run(&model, &faces, tta == Tta::Flip)?;
             if json {
@@ -416,7 +425,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             json,
             adapter,
         } => {
-            let gpu = Gpu::new(adapter.as_deref())?;
+            let gpu = open_gpu(adapter.as_deref())?;
             let report = bench::run(&gpu, batch_size, infer_batch_size, reps, !json)?;
             if json {
                 println!("{}", report.to_json());

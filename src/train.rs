@@ -155,7 +155,9 @@ pub fn run(req: TrainRequest) -> Result<Outcome> {
         test.len()
     ));
     let gpu = Gpu::new(req.adapter.as_deref())?;
-    say(format!("adapter: {}", gpu.adapter()));
+    say(gpu
+        .software_notice()
+        .unwrap_or_else(|| format!("adapter: {}", gpu.adapter())));
     let arch = Architecture::resnet(classes);
     check_limits(&gpu, &arch, config.batch_size)?;
     ensure!(
