@@ -485,15 +485,7 @@ impl Gpu {
                             label: Some(shader.name),
                             source: wgpu::ShaderSource::Wgsl(shader.source.into()),
                         };
-                        if std::env::var_os("WGFER_UNCHECKED").is_some() {
-                            let mut checks = wgpu::ShaderRuntimeChecks::checked();
-                            checks.bounds_checks =
-                                std::env::var_os("WGFER_UNCHECKED_BOUNDS").is_none();
-                            checks.force_loop_bounding = false;
-                            unsafe { self.0.device.create_shader_module_trusted(desc, checks) }
-                        } else {
-                            self.0.device.create_shader_module(desc)
-                        }
+                        self.0.device.create_shader_module(desc)
                     })
                 })
                 .clone()
