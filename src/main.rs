@@ -80,6 +80,10 @@ enum Command {
         /// Stop after this many epochs without a better validation loss.
         #[arg(long, default_value_t = 20)]
         patience: usize,
+        /// Halve the learning rate after N epochs without a better validation
+        /// loss (Keras' ReduceLROnPlateau; down to 1e-5). Off by default, as in the tutorial.
+        #[arg(long, value_name = "N")]
+        reduce_lr_patience: Option<usize>,
         /// Train on the images as they are (no rotation, shift, shear or zoom).
         #[arg(long)]
         no_augment: bool,
@@ -227,6 +231,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             lr,
             seed,
             patience,
+            reduce_lr_patience,
             no_augment,
             flip,
             classes,
@@ -257,6 +262,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 skip_bad_rows,
                 limit,
                 steps_per_epoch,
+                reduce_lr_patience,
             });
             let resuming = resume.is_some();
             let epochs_given =

@@ -46,7 +46,16 @@ pub struct RunConfig {
     pub limit: Option<usize>,
     /// At most this many steps per epoch (quick runs); None = all full batches.
     pub steps_per_epoch: Option<usize>,
+    /// Halve the learning rate after this many epochs without a better
+    /// validation loss (Keras' ReduceLROnPlateau, factor 0.5); None = off, as
+    /// in the tutorial.
+    #[serde(default)]
+    pub reduce_lr_patience: Option<usize>,
 }
+
+/// ReduceLROnPlateau: the factor and the floor.
+const LR_FACTOR: f32 = 0.5;
+const MIN_LR: f32 = 1e-5;
 
 /// One finished epoch.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -58,6 +67,9 @@ pub struct EpochRecord {
     pub val_acc: f64,
     pub seconds: f64,
     pub images_per_s: f64,
+    /// The learning rate the epoch trained with.
+    #[serde(default)]
+    pub lr: f32,
 }
 
 /// Where the loop stands; saved with the weights in `resume.safetensors`.
@@ -77,6 +89,12 @@ struct LoopState {
     adam_t: u64,
     history: Vec<EpochRecord>,
     stopped_early: bool,
+    /// The learning rate now, when ReduceLROnPlateau lowered it.
+    #[serde(default)]
+    lr: Option<f32>,
+    /// Epochs since the last improvement or reduction.
+    #[serde(default)]
+    plateau: usize,
 }
 
 pub struct TrainRequest {
@@ -221,6 +239,7 @@ pub fn run(req: TrainRequest) -> Result<Outcome> {
     let mut steps_run = 0;
     while state.epoch < config.epochs && !state.stopped_early {
         let epoch = state.epoch;
+        trainer.adam.config.lr = state.lr.unwrap_or(config.lr);
         let order = data::epoch_order(train.len(), config.seed, epoch);
         let mut augmenter = Augmenter::new(aug_config.clone(), config.seed, epoch);
         // A resumed epoch skips the transforms its finished steps consumed.
@@ -309,6 +328,7 @@ pub fn run(req: TrainRequest) -> Result<Outcome> {
             val_acc: v.accuracy,
             seconds: seconds_before + started.elapsed().as_secs_f64(),
             images_per_s: state.seen as f64 / train_seconds.max(1e-9),
+            lr: trainer.adam.config.lr,
         };
         let improved = state.best_val_loss.is_none_or(|b| v.loss < b);
         say(format!(
@@ -331,8 +351,21 @@ pub fn run(req: TrainRequest) -> Result<Outcome> {
             trainer
                 .model
                 .save(&out.join(BEST), &config.class_names, &tag)?;
+            state.plateau = 0;
         } else {
             state.wait += 1;
+            state.plateau += 1;
+        }
+        let lr = trainer.adam.config.lr;
+        if config
+            .reduce_lr_patience
+            .is_some_and(|p| state.plateau >= p)
+            && lr > MIN_LR
+        {
+            let lower = (lr * LR_FACTOR).max(MIN_LR);
+            state.lr = Some(lower);
+            state.plateau = 0;
+            say(format!("reducing the learning rate to {lower:e}"));
         }
         state.history.push(record);
         state.epoch += 1;
@@ -538,11 +571,18 @@ fn load_resume(
 
 fn write_history(out: &Path, history: &[EpochRecord]) -> Result<()> {
     let mut csv =
-        String::from("epoch,train_loss,train_acc,val_loss,val_acc,seconds,images_per_s\n");
+        String::from("epoch,train_loss,train_acc,val_loss,val_acc,seconds,images_per_s,lr\n");
     for r in history {
         csv += &format!(
-            "{},{:.6},{:.6},{:.6},{:.6},{:.2},{:.1}\n",
-            r.epoch, r.train_loss, r.train_acc, r.val_loss, r.val_acc, r.seconds, r.images_per_s
+            "{},{:.6},{:.6},{:.6},{:.6},{:.2},{:.1},{:e}\n",
+            r.epoch,
+            r.train_loss,
+            r.train_acc,
+            r.val_loss,
+            r.val_acc,
+            r.seconds,
+            r.images_per_s,
+            r.lr
         );
     }
     write_atomic(&out.join("history.csv"), csv.as_bytes())?;

@@ -406,3 +406,54 @@ fn summary_and_help() {
         assert!(text(&o).contains(flag), "train --help lacks {flag}");
     }
 }
+
+#[test]
+fn reduce_lr_on_plateau_halves_the_rate_after_epochs_without_improvement() {
+    let dir = temp_dir("plateau");
+    let run = dir.join("run");
+    let o = wgfer(&[
+        "train",
+        "--data",
+        s(&sample_csv()),
+        "--out",
+        s(&run),
+        "--epochs",
+        "6",
+        "--limit",
+        "300",
+        "--batch-size",
+        "16",
+        "--steps-per-epoch",
+        "2",
+        "--reduce-lr-patience",
+        "1",
+        "--lr",
+        "0.05",
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let history = std::fs::read_to_string(run.join("history.csv")).unwrap();
+    let rows: Vec<Vec<f64>> = history
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').map(|v| v.parse().unwrap()).collect())
+        .collect();
+    assert_eq!(rows.len(), 6);
+    // Replay the rule on the recorded validation losses.
+    // (A learning rate this high keeps the validation loss from improving every epoch.)
+    let (mut lr, mut best, mut reductions) = (0.05f64, f64::INFINITY, 0);
+    for r in &rows {
+        assert!(
+            (r[7] - lr).abs() < 1e-9,
+            "epoch {} trained at {} instead of {lr}:\n{history}",
+            r[0],
+            r[7]
+        );
+        if r[3] < best {
+            best = r[3];
+        } else {
+            lr = (lr * 0.5).max(1e-5);
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
