@@ -444,7 +444,7 @@ fn reduce_lr_on_plateau_halves_the_rate_after_epochs_without_improvement() {
     let (mut lr, mut best, mut reductions) = (0.05f64, f64::INFINITY, 0);
     for r in &rows {
         assert!(
-            (r[7] - lr).abs() < 1e-9,
+            (r[7] - lr).abs() < 1e-6 * lr,
             "epoch {} trained at {} instead of {lr}:\n{history}",
             r[0],
             r[7]
@@ -453,7 +453,9 @@ fn reduce_lr_on_plateau_halves_the_rate_after_epochs_without_improvement() {
             best = r[3];
         } else {
             lr = (lr * 0.5).max(1e-5);
+            reductions += 1;
         }
     }
+    assert!(reductions > 0, "the run never plateaued, so nothing was tested:\n{history}");
     let _ = std::fs::remove_dir_all(&dir);
 }
