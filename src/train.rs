@@ -97,6 +97,43 @@ struct LoopState {
     plateau: usize,
 }
 
+impl LoopState {
+    /// Book a finished epoch: the best loss, early stopping's and
+    /// ReduceLROnPlateau's counters, the next learning rate. Returns what to
+    /// tell the user. (Pure bookkeeping: the caller saves the files.)
+    fn end_epoch(&mut self, record: EpochRecord, config: &RunConfig) -> Vec<String> {
+        let mut said = vec![];
+        if self.best_val_loss.is_none_or(|b| record.val_loss < b) {
+            self.best_val_loss = Some(record.val_loss);
+            self.best_epoch = Some(record.epoch);
+            self.wait = 0;
+            self.plateau = 0;
+        } else {
+            self.wait += 1;
+            self.plateau += 1;
+        }
+        let lr = record.lr;
+        if config.reduce_lr_patience.is_some_and(|p| self.plateau >= p) && lr > MIN_LR {
+            let lower = (lr * LR_FACTOR).max(MIN_LR);
+            self.lr = Some(lower);
+            self.plateau = 0;
+            said.push(format!("reducing the learning rate to {lower:e}"));
+        }
+        self.history.push(record);
+        self.epoch += 1;
+        self.step = 0;
+        (self.loss_sum, self.correct, self.seen, self.seconds) = (0.0, 0, 0, 0.0);
+        if self.wait >= config.patience {
+            self.stopped_early = true;
+            said.push(format!(
+                "early stopping: no better validation loss for {} epochs",
+                config.patience
+            ));
+        }
+        said
+    }
+}
+
 pub struct TrainRequest {
     pub out: PathBuf,
     /// None when resuming: the saved config is used.
@@ -256,14 +293,7 @@ pub fn run(req: TrainRequest) -> Result<Outcome> {
             if INTERRUPTED.load(Ordering::Relaxed) || stop_now {
                 bar.abandon();
                 state.seconds = seconds_before + started.elapsed().as_secs_f64();
-                state.adam_t = trainer.adam.t;
-                save_resume(&out, &trainer, &state, &config)?;
-                trainer.model.save(
-                    &out.join(LAST),
-                    &config.class_names,
-                    &[("epoch", epoch.to_string())],
-                )?;
-                write_history(&out, &state.history)?;
+                save_progress(&out, &trainer, &mut state, &config, epoch)?;
                 say(format!(
                     "interrupted: saved {} and the history; continue with `wgfer train --resume {}`",
                     out.join(LAST).display(),
@@ -343,47 +373,17 @@ pub fn run(req: TrainRequest) -> Result<Outcome> {
             record.val_acc,
             if improved { "  *best" } else { "" }
         ));
-        let tag = [("epoch", record.epoch.to_string())];
         if improved {
-            state.best_val_loss = Some(v.loss);
-            state.best_epoch = Some(record.epoch);
-            state.wait = 0;
+            let tag = [("epoch", record.epoch.to_string())];
             trainer
                 .model
                 .save(&out.join(BEST), &config.class_names, &tag)?;
-            state.plateau = 0;
-        } else {
-            state.wait += 1;
-            state.plateau += 1;
         }
-        let lr = trainer.adam.config.lr;
-        if config
-            .reduce_lr_patience
-            .is_some_and(|p| state.plateau >= p)
-            && lr > MIN_LR
-        {
-            let lower = (lr * LR_FACTOR).max(MIN_LR);
-            state.lr = Some(lower);
-            state.plateau = 0;
-            say(format!("reducing the learning rate to {lower:e}"));
+        for message in state.end_epoch(record, &config) {
+            say(message);
         }
-        state.history.push(record);
-        state.epoch += 1;
-        state.step = 0;
-        (state.loss_sum, state.correct, state.seen, state.seconds) = (0.0, 0, 0, 0.0);
-        if state.wait >= config.patience {
-            state.stopped_early = true;
-            say(format!(
-                "early stopping: no better validation loss for {} epochs",
-                config.patience
-            ));
-        }
-        state.adam_t = trainer.adam.t;
-        trainer
-            .model
-            .save(&out.join(LAST), &config.class_names, &tag)?;
-        save_resume(&out, &trainer, &state, &config)?;
-        write_history(&out, &state.history)?;
+        let epochs_done = state.epoch;
+        save_progress(&out, &trainer, &mut state, &config, epochs_done)?;
     }
 
     // The best weights on the test split.
@@ -503,6 +503,25 @@ fn progress_bar(quiet: bool, steps: usize, epoch: usize, epochs: usize) -> Progr
     bar
 }
 
+/// `last.safetensors`, `resume.safetensors` (weights, Adam, loop state) and
+/// the history, each written atomically; resume reads only resume.safetensors.
+fn save_progress(
+    out: &Path,
+    trainer: &Trainer,
+    state: &mut LoopState,
+    config: &RunConfig,
+    epoch: usize,
+) -> Result<()> {
+    state.adam_t = trainer.adam.t;
+    trainer.model.save(
+        &out.join(LAST),
+        &config.class_names,
+        &[("epoch", epoch.to_string())],
+    )?;
+    save_resume(out, trainer, state, config)?;
+    write_history(out, &state.history)
+}
+
 fn save_resume(out: &Path, trainer: &Trainer, state: &LoopState, config: &RunConfig) -> Result<()> {
     let gpu = trainer.gpu();
     let mut tensors = trainer.model.named_tensors()?;
@@ -619,4 +638,96 @@ pub fn write_pictures(out: &Path, ds: &Dataset, e: &Evaluation) -> Result<()> {
         .map(|i| e.predictions[i] == ds.labels[i] as usize)
         .collect();
     report::plot_face_grid(&out.join("predictions.png"), &faces, &titles, &correct, 5)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(patience: usize, reduce: Option<usize>) -> RunConfig {
+        RunConfig {
+            data: PathBuf::from("x.csv"),
+            epochs: 10,
+            batch_size: 64,
+            lr: 1e-3,
+            seed: 0,
+            patience,
+            augment: true,
+            flip: false,
+            classes: None,
+            class_names: vec![],
+            skip_bad_rows: false,
+            limit: None,
+            steps_per_epoch: None,
+            reduce_lr_patience: reduce,
+        }
+    }
+
+    fn epoch(state: &LoopState, val_loss: f64) -> EpochRecord {
+        EpochRecord {
+            epoch: state.epoch + 1,
+            train_loss: 1.0,
+            train_acc: 0.5,
+            val_loss,
+            val_acc: 0.5,
+            seconds: 1.0,
+            images_per_s: 1.0,
+            lr: state.lr.unwrap_or(1e-3),
+        }
+    }
+
+    #[test]
+    fn the_best_epoch_and_early_stopping_follow_the_validation_loss() {
+        let c = config(2, None);
+        let mut s = LoopState {
+            step: 7,
+            seen: 9,
+            ..LoopState::default()
+        };
+        for loss in [1.0, 0.8, 0.9] {
+            let r = epoch(&s, loss);
+            assert!(s.end_epoch(r, &c).is_empty());
+        }
+        assert_eq!(
+            (
+                s.best_epoch,
+                s.best_val_loss,
+                s.wait,
+                s.epoch,
+                s.step,
+                s.seen
+            ),
+            (Some(2), Some(0.8), 1, 3, 0, 0)
+        );
+        let r = epoch(&s, 0.85);
+        let said = s.end_epoch(r, &c);
+        assert!(
+            s.stopped_early && said[0].contains("early stopping"),
+            "{said:?}"
+        );
+        assert_eq!(s.history.len(), 4);
+    }
+
+    #[test]
+    fn reduce_lr_on_plateau_halves_down_to_the_floor() {
+        let c = config(100, Some(2));
+        let mut s = LoopState::default();
+        let mut rates = vec![];
+        for loss in [1.0, 1.1, 1.2, 0.9, 1.0, 1.0, 1.0, 1.0] {
+            let r = epoch(&s, loss);
+            rates.push(r.lr);
+            s.end_epoch(r, &c);
+        }
+        // Two epochs without improvement halve the rate; an improvement resets the count.
+        assert_eq!(rates, [1e-3, 1e-3, 1e-3, 5e-4, 5e-4, 5e-4, 2.5e-4, 2.5e-4]);
+        let mut s = LoopState {
+            lr: Some(1.5e-5),
+            ..LoopState::default()
+        };
+        for _ in 0..4 {
+            let r = epoch(&s, 2.0 + s.epoch as f64);
+            s.end_epoch(r, &c);
+        }
+        assert_eq!(s.lr, Some(MIN_LR));
+    }
 }

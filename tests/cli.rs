@@ -456,6 +456,9 @@ fn reduce_lr_on_plateau_halves_the_rate_after_epochs_without_improvement() {
             reductions += 1;
         }
     }
-    assert!(reductions > 0, "the run never plateaued, so nothing was tested:\n{history}");
+    assert!(
+        reductions > 0,
+        "the run never plateaued, so nothing was tested:\n{history}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
