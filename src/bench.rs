@@ -16,7 +16,7 @@ use crate::augment::{AugmentConfig, Augmenter};
 use crate::data::{PIXELS, SIDE};
 use crate::model::{Architecture, Model, Op};
 use crate::ops::batchnorm::{BatchNorm, BnParams};
-use crate::ops::conv2d::{Conv2d, Padding};
+use crate::ops::conv2d::Conv2d;
 use crate::ops::dense::Dense;
 use crate::ops::gemm::{Gemm, Strides};
 use crate::ops::pool::Pool2d;
@@ -192,10 +192,8 @@ pub fn run(
                 stride,
                 padding,
             } => {
-                let padding = match arch.layers[layer.inputs[0]].op {
-                    Op::ZeroPad(p) => Padding::Zeros(p),
-                    _ => *padding,
-                };
+                let padding = arch.conv_padding(layer, *padding);
+                // The padding layer passes the unpadded image through.
                 if let Op::ZeroPad(p) = arch.layers[layer.inputs[0]].op {
                     x_shape[1] -= 2 * p;
                     x_shape[2] -= 2 * p;

@@ -350,6 +350,15 @@ impl Architecture {
         b.arch
     }
 
+    /// The padding a convolution applies: a conv reading a ZeroPadding2D
+    /// layer pads itself (the padding layer passes its input through).
+    pub fn conv_padding(&self, conv: &Layer, own: Padding) -> Padding {
+        match self.layers[conv.inputs[0]].op {
+            Op::ZeroPad(p) => Padding::Zeros(p),
+            _ => own,
+        }
+    }
+
     /// True when layer `i` is a ReLU whose only input is a batch norm that
     /// nothing else reads: the two run as one fused op.
     pub fn relu_fused_into(&self, i: usize) -> bool {
@@ -520,11 +529,7 @@ impl Model {
                 Op::Conv {
                     stride, padding, ..
                 } => {
-                    // A conv reading a ZeroPadding2D layer pads itself.
-                    let padding = match self.arch.layers[layer.inputs[0]].op {
-                        Op::ZeroPad(p) => Padding::Zeros(p),
-                        _ => *padding,
-                    };
+                    let padding = self.arch.conv_padding(layer, *padding);
                     nn::conv2d(
                         tape,
                         &input(0),
