@@ -5,6 +5,7 @@
 //! it measures work done, not work submitted.
 
 use std::collections::HashMap;
+use std::io::IsTerminal;
 use std::time::Instant;
 
 use anyhow::Result;
@@ -119,13 +120,8 @@ impl Bench<'_> {
                 v
             }
         };
-        if self.print {
-            let rate = match (gflops, gbps) {
-                (Some(g), _) => format!("{g:7.2} GFLOP/s"),
-                (_, Some(b)) => format!("{b:7.2} GB/s    "),
-                _ => String::new(),
-            };
-            eprintln!("  {name:<36} {pass:<12} {shape:<28} {ms:9.3} ms  {rate}");
+        if self.print && std::io::stderr().is_terminal() {
+            eprint!("\r  measuring {:<60}", format!("{name} {pass}"));
         }
         self.out.push(KernelTiming {
             name: name.to_string(),
@@ -420,6 +416,23 @@ pub fn run(
     let infer_images_per_s = infer_batch as f64 * 1e3 / infer_ms;
 
     let kernels_ms: f64 = b.out.iter().map(|k| k.median_ms).sum();
+    if print {
+        if std::io::stderr().is_terminal() {
+            eprint!("\r{:<80}\r", "");
+        }
+        for k in &b.out {
+            let rate = match (k.gflops, k.gbps) {
+                (Some(g), _) => format!("{g:7.2} GFLOP/s"),
+                (_, Some(b)) => format!("{b:7.2} GB/s    "),
+                _ => String::new(),
+            };
+            let share = 100.0 * k.median_ms / train_step_ms;
+            eprintln!(
+                "  {:<36} {:<12} {:<28} {:9.3} ms  {rate}  {share:5.1} % of a step",
+                k.name, k.pass, k.shape, k.median_ms
+            );
+        }
+    }
     say(format!(
         "\ntraining step, batch {batch} (augmentation included): {train_step_ms:.1} ms = {train_images_per_s:.1} images/s \
          (its kernels timed alone sum to {kernels_ms:.1} ms)"
