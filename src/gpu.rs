@@ -185,7 +185,13 @@ impl Gpu {
             .filter(|s| !s.is_empty());
         let adapters = pollster::block_on(instance.enumerate_adapters(backends));
         if adapters.is_empty() {
-            bail!("{}", no_adapter_help());
+            match std::env::var("WGPU_BACKEND") {
+                Ok(b) => bail!(
+                    "{} (WGPU_BACKEND={b} limits the backends searched)",
+                    no_adapter_help()
+                ),
+                Err(_) => bail!("{}", no_adapter_help()),
+            }
         }
         let mut candidates = adapters;
         if let Some(w) = &wanted {
