@@ -179,6 +179,13 @@ pub fn run(
             .unwrap_or_default();
         let mut x_shape = vec![batch];
         x_shape.extend(&input_shape);
+        // A convolution computes only what its reader uses (a pool's rows).
+        if let Some(&j) = layer.inputs.first()
+            && matches!(arch.layers[j].op, Op::Conv { .. })
+        {
+            let [h, w] = arch.conv_output_used(j);
+            (x_shape[1], x_shape[2]) = (h, w);
+        }
         let name = &layer.name;
         let shape = format!("{:?}", x_shape);
         match &layer.op {
@@ -194,12 +201,17 @@ pub fn run(
                     x_shape[1] -= 2 * p;
                     x_shape[2] -= 2 * p;
                 }
-                let conv = Conv2d::new(&x_shape, *filters, [*kernel, *kernel], *stride, padding)?;
+                // As the training step runs it: only the outputs a pool reads.
+                let [oh, ow] = arch.conv_output_used(i);
+                let conv = Conv2d::new(&x_shape, *filters, [*kernel, *kernel], *stride, padding)?
+                    .cropped(oh, ow)?;
                 let shape = format!(
-                    "{}x{}x{}->{} {k}x{k}/{s}",
+                    "{}x{}x{}->{}x{}x{} {k}x{k}/{s}",
                     conv.h,
                     conv.w,
                     conv.cin,
+                    conv.oh,
+                    conv.ow,
                     conv.cout,
                     k = kernel,
                     s = stride

@@ -14,7 +14,7 @@ use rand::{RngExt, SeedableRng};
 use crate::data::SIDE;
 use crate::nn;
 use crate::ops::batchnorm::BnParams;
-use crate::ops::conv2d::Padding;
+use crate::ops::conv2d::{Conv2d, Padding};
 use crate::tape::Tape;
 use crate::{Gpu, Tensor};
 
@@ -359,6 +359,31 @@ impl Architecture {
         }
     }
 
+    /// The part of convolution layer `i`'s output that the forward pass
+    /// computes: all of it, except before an unpadded max-pool (its only
+    /// reader) that leaves the last rows and columns unread, as the pools
+    /// after the 1×1 convolutions of the convolution blocks do (11×11 → 5×5
+    /// reads 10×10). See `Conv2d::cropped`.
+    pub fn conv_output_used(&self, i: usize) -> [usize; 2] {
+        let layer = &self.layers[i];
+        let full = [layer.output_shape[0], layer.output_shape[1]];
+        let readers: Vec<&Layer> = self
+            .layers
+            .iter()
+            .filter(|l| l.inputs.contains(&i))
+            .collect();
+        match readers[..] {
+            [pool] => match pool.op {
+                Op::MaxPool { size, stride } => {
+                    let read = |out: usize| (out - 1) * stride + size;
+                    [read(pool.output_shape[0]), read(pool.output_shape[1])]
+                }
+                _ => full,
+            },
+            _ => full,
+        }
+    }
+
     /// True when layer `i` is a ReLU whose only input is a batch norm that
     /// nothing else reads: the two run as one fused op.
     pub fn relu_fused_into(&self, i: usize) -> bool {
@@ -529,15 +554,18 @@ impl Model {
                 Op::Conv {
                     stride, padding, ..
                 } => {
-                    let padding = self.arch.conv_padding(layer, *padding);
-                    nn::conv2d(
-                        tape,
-                        &input(0),
-                        self.param(layer, 0),
-                        self.param(layer, 1),
+                    let (x, w) = (input(0), self.param(layer, 0));
+                    let ws = w.shape();
+                    let [oh, ow] = self.arch.conv_output_used(i);
+                    let conv = Conv2d::new(
+                        x.shape(),
+                        ws[3],
+                        [ws[0], ws[1]],
                         *stride,
-                        padding,
+                        self.arch.conv_padding(layer, *padding),
                     )?
+                    .cropped(oh, ow)?;
+                    nn::conv2d_as(tape, conv, &x, w, self.param(layer, 1))?
                 }
                 Op::BatchNorm => {
                     let p = BnParams {

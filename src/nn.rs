@@ -22,6 +22,12 @@ pub fn conv2d(
 ) -> Result<Tensor> {
     let ws = w.shape();
     let conv = Conv2d::new(x.shape(), ws[3], [ws[0], ws[1]], stride, padding)?;
+    conv2d_as(tape, conv, x, w, b)
+}
+
+/// The convolution `conv` describes (e.g. a `Conv2d::cropped` one), recorded
+/// on the tape.
+pub fn conv2d_as(tape: &Tape, conv: Conv2d, x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
     let (y, cols) = conv.forward(tape.gpu(), x, w, b)?;
     let w2 = w.clone();
     tape.record(&[x, w, b], &y, move |gpu, dy, needs| {

@@ -173,6 +173,40 @@ fn conv2d_grad_bias_matches_finite_differences() {
     }
 }
 
+/// Convolutions computing only the top-left part of their output (as before
+/// a max-pool that leaves the last row and column unread).
+#[test]
+fn conv2d_cropped_gradients_match_finite_differences() {
+    let mut rng = rng();
+    for (input, cout, k, stride, padding, [oh, ow]) in [
+        ([2, 5, 5, 3], 4, 1, 1, Padding::Valid, [4, 4]),
+        ([1, 7, 6, 3], 5, 3, 2, Padding::Same, [3, 2]),
+    ] {
+        let c = conv_case(input, cout, k, stride, padding)
+            .cropped(oh, ow)
+            .unwrap();
+        let what =
+            format!("{input:?} -> {cout}, {k}x{k}/{stride} {padding:?} cropped to {oh}x{ow}");
+        let [x, w, b, r] = conv_inputs(&mut rng, &c);
+        let loss = |x: &[f64], w: &[f64], b: &[f64]| dot(&r, &conv2d::cpu::forward(&c, x, w, b));
+        assert_gradient(
+            &format!("conv2d grad_input {what}"),
+            &conv2d::cpu::grad_input(&c, &r, &w),
+            &numeric_gradient(&x, |x| loss(x, &w, &b)),
+        );
+        assert_gradient(
+            &format!("conv2d grad_weight {what}"),
+            &conv2d::cpu::grad_weight(&c, &x, &r),
+            &numeric_gradient(&w, |w| loss(&x, w, &b)),
+        );
+        assert_gradient(
+            &format!("conv2d grad_bias {what}"),
+            &conv2d::cpu::grad_bias(&c, &r),
+            &numeric_gradient(&b, |b| loss(&x, &w, b)),
+        );
+    }
+}
+
 // ------------------------------------------------------------------ pooling
 
 /// (input NHWC, window, stride): overlapping windows, stride 2, windows that

@@ -5,6 +5,8 @@
 mod common;
 
 use common::*;
+use rand::rngs::StdRng;
+use wgfer::Gpu;
 use wgfer::ops::batchnorm::{BatchNorm, BnParams};
 use wgfer::ops::conv2d::{Conv2d, Padding};
 use wgfer::ops::dense::Dense;
@@ -44,41 +46,74 @@ fn conv2d_forward_grad_input_grad_weight_grad_bias() {
     for (input, cout, k, stride, padding) in conv_cases() {
         let c = Conv2d::new(&input, cout, [k, k], stride, padding).unwrap();
         let what = format!("{input:?} -> {cout}, {k}x{k}/{stride} {padding:?}");
-        let x = random(&mut rng, input.iter().product());
-        let w = random(&mut rng, c.k() * cout);
-        let b = random(&mut rng, cout);
-        let dy = random(&mut rng, c.m() * cout);
-        let (xt, wt, bt) = (
-            upload(&gpu, &input, &x),
-            upload(&gpu, &c.weight_shape(), &w),
-            upload(&gpu, &[cout], &b),
-        );
-        let dyt = upload(&gpu, &c.output_shape(), &dy);
-        let (y, cols) = c.forward(&gpu, &xt, &wt, &bt).unwrap();
-        check(
-            &format!("conv2d_forward {what}"),
-            &read(&gpu, &y),
-            &conv2d::cpu::forward(&c, &f64s(&x), &f64s(&w), &f64s(&b)),
-        );
-        let dx = c.grad_input(&gpu, &dyt, &wt).unwrap();
-        check(
-            &format!("conv2d_grad_input {what}"),
-            &read(&gpu, &dx),
-            &conv2d::cpu::grad_input(&c, &f64s(&dy), &f64s(&w)),
-        );
-        let dw = c.grad_weight(&gpu, &cols, &dyt).unwrap();
-        check(
-            &format!("conv2d_grad_weight {what}"),
-            &read(&gpu, &dw),
-            &conv2d::cpu::grad_weight(&c, &f64s(&x), &f64s(&dy)),
-        );
-        let db = c.grad_bias(&gpu, &dyt).unwrap();
-        check(
-            &format!("conv2d_grad_bias {what}"),
-            &read(&gpu, &db),
-            &conv2d::cpu::grad_bias(&c, &f64s(&dy)),
-        );
+        check_conv(&gpu, &mut rng, c, &what);
     }
+}
+
+/// Convolutions computing only the top-left part of their output (what a
+/// following max-pool reads): the 1×1 ones stop being pointwise and go
+/// through im2col / col2im; skipped outputs must leave zero gradient behind.
+#[test]
+fn conv2d_cropped_output() {
+    let gpu = gpu();
+    let mut rng = rng();
+    for (input, cout, k, stride, padding, [oh, ow]) in [
+        ([2, 5, 5, 8], 12, 1, 1, Padding::Valid, [4, 4]),
+        ([1, 5, 5, 3], 4, 1, 1, Padding::Valid, [4, 5]),
+        ([2, 7, 6, 3], 5, 3, 2, Padding::Same, [3, 2]),
+        // The tutorial ResNet's convolution blocks (batch 2).
+        ([2, 11, 11, 64], 256, 1, 1, Padding::Valid, [10, 10]),
+        ([2, 5, 5, 256], 512, 1, 1, Padding::Valid, [4, 4]),
+        ([2, 5, 5, 256], 128, 1, 1, Padding::Valid, [4, 4]),
+    ] {
+        let c = Conv2d::new(&input, cout, [k, k], stride, padding)
+            .unwrap()
+            .cropped(oh, ow)
+            .unwrap();
+        let what =
+            format!("{input:?} -> {cout}, {k}x{k}/{stride} {padding:?} cropped to {oh}x{ow}");
+        check_conv(&gpu, &mut rng, c, &what);
+    }
+    let c = Conv2d::new(&[1, 5, 5, 3], 4, [1, 1], 1, Padding::Valid).unwrap();
+    assert!(c.cropped(6, 5).is_err() && c.cropped(0, 5).is_err());
+}
+
+fn check_conv(gpu: &Gpu, rng: &mut StdRng, c: Conv2d, what: &str) {
+    let (input, cout) = ([c.n, c.h, c.w, c.cin], c.cout);
+    let x = random(rng, input.iter().product());
+    let w = random(rng, c.k() * cout);
+    let b = random(rng, cout);
+    let dy = random(rng, c.m() * cout);
+    let (xt, wt, bt) = (
+        upload(gpu, &input, &x),
+        upload(gpu, &c.weight_shape(), &w),
+        upload(gpu, &[cout], &b),
+    );
+    let dyt = upload(gpu, &c.output_shape(), &dy);
+    let (y, cols) = c.forward(gpu, &xt, &wt, &bt).unwrap();
+    check(
+        &format!("conv2d_forward {what}"),
+        &read(gpu, &y),
+        &conv2d::cpu::forward(&c, &f64s(&x), &f64s(&w), &f64s(&b)),
+    );
+    let dx = c.grad_input(gpu, &dyt, &wt).unwrap();
+    check(
+        &format!("conv2d_grad_input {what}"),
+        &read(gpu, &dx),
+        &conv2d::cpu::grad_input(&c, &f64s(&dy), &f64s(&w)),
+    );
+    let dw = c.grad_weight(gpu, &cols, &dyt).unwrap();
+    check(
+        &format!("conv2d_grad_weight {what}"),
+        &read(gpu, &dw),
+        &conv2d::cpu::grad_weight(&c, &f64s(&x), &f64s(&dy)),
+    );
+    let db = c.grad_bias(gpu, &dyt).unwrap();
+    check(
+        &format!("conv2d_grad_bias {what}"),
+        &read(gpu, &db),
+        &conv2d::cpu::grad_bias(&c, &f64s(&dy)),
+    );
 }
 
 #[test]

@@ -314,6 +314,54 @@ fn gradients_reaching_a_tensor_twice_are_summed() {
     );
 }
 
+/// The model's convolution blocks compute only the part of a 1×1
+/// convolution's output that the following max-pool reads (5×5 → 2×2 reads
+/// 4×4). The pooled output and every gradient must be what the full
+/// convolution gives.
+#[test]
+fn a_convolution_cropped_to_what_its_pool_reads_changes_nothing() {
+    let gpu = gpu();
+    let mut rng = rng();
+    let (n, side, cin, cout) = (2, 5, 8, 12);
+    let x = upload(
+        &gpu,
+        &[n, side, side, cin],
+        &random(&mut rng, n * side * side * cin),
+    );
+    let w = upload(&gpu, &[1, 1, cin, cout], &random(&mut rng, cin * cout));
+    let b = upload(&gpu, &[cout], &random(&mut rng, cout));
+    let r = random(&mut rng, n * 2 * 2 * cout);
+    let run = |crop: bool| {
+        let tape = Tape::new(&gpu);
+        for t in [&x, &w, &b] {
+            tape.watch(t);
+        }
+        let y = if crop {
+            let conv = Conv2d::new(x.shape(), cout, [1, 1], 1, Padding::Valid).unwrap();
+            nn::conv2d_as(&tape, conv.cropped(4, 4).unwrap(), &x, &w, &b).unwrap()
+        } else {
+            nn::conv2d(&tape, &x, &w, &b, 1, Padding::Valid).unwrap()
+        };
+        let pooled = nn::max_pool(&tape, &y, 2, 2).unwrap();
+        assert_eq!(pooled.shape(), [n, 2, 2, cout]);
+        let out = read(&gpu, &pooled);
+        let grads = tape
+            .backward(&pooled, upload(&gpu, &[n, 2, 2, cout], &r))
+            .unwrap();
+        let g = [&x, &w, &b].map(|t| read(&gpu, grads.get(t).expect("a watched gradient")));
+        (out, g)
+    };
+    let (full, full_grads) = run(false);
+    let (cropped, cropped_grads) = run(true);
+    check("pooled output, cropped convolution", &cropped, &f64s(&full));
+    for (name, (got, want)) in ["dx", "dw", "db"]
+        .iter()
+        .zip(cropped_grads.iter().zip(&full_grads))
+    {
+        check(&format!("{name}, cropped convolution"), got, &f64s(want));
+    }
+}
+
 // ------------------------------------------------------------------ 3. untracked inputs
 
 /// conv → relu → dense → softmax cross-entropy on a tape watching `watch`;

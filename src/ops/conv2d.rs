@@ -131,6 +131,21 @@ impl Conv2d {
         Ok(c)
     }
 
+    /// The same convolution computing only its top-left `oh × ow` outputs:
+    /// all that a following unpadded max-pool reads when the map does not
+    /// divide evenly (5×5 → 2×2 reads 4×4). The model's 1×1 convolutions
+    /// before such pools then skip up to a third of their work, and the
+    /// gradients are unchanged: the skipped outputs have none.
+    pub fn cropped(self, oh: usize, ow: usize) -> Result<Self> {
+        ensure!(
+            (1..=self.oh).contains(&oh) && (1..=self.ow).contains(&ow),
+            "conv2d: cannot crop a {}x{} output to {oh}x{ow}",
+            self.oh,
+            self.ow
+        );
+        Ok(Conv2d { oh, ow, ..self })
+    }
+
     /// Rows of the matrix product: output pixels.
     pub fn m(&self) -> usize {
         self.n * self.oh * self.ow
@@ -167,7 +182,12 @@ impl Conv2d {
 
     /// True when x itself is the im2col matrix.
     pub fn is_pointwise(&self) -> bool {
-        self.kh == 1 && self.kw == 1 && self.stride == 1 && self.pad_top == 0 && self.pad_left == 0
+        self.kh == 1
+            && self.kw == 1
+            && self.stride == 1
+            && self.pad_top == 0
+            && self.pad_left == 0
+            && (self.oh, self.ow) == (self.h, self.w)
     }
 
     pub fn flops(&self) -> f64 {
