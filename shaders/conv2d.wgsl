@@ -48,6 +48,47 @@ fn im2col(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
   dst[row + t] = v;
 }
 
+// im2col for inputs whose channels do not come in vec4s (the first layer's
+// single gray channel): one invocation fills one vec4 of a cols row, so four
+// taps share the index arithmetic and leave in one store; per-tap `divmod`s
+// and a store per float made the plain kernel cost as much as the product
+// after it. Reads `image` (f32) and writes `cols4` whatever V is.
+@group(0) @binding(3) var<storage, read> image: array<f32>;
+@group(0) @binding(4) var<storage, read_write> cols4: array<vec4<f32>>;
+
+@compute @workgroup_size(64)
+fn im2col_x4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+  let ld4 = p.ld / 4u;  // p.ld counts floats here (a multiple of 4)
+  let t = wg.x * 64u + li;
+  if (t >= p.ow * ld4) { return; }
+  let oy = wg.y;
+  let n = wg.z;
+  let ox_j = divmod(t, ld4);
+  let ox = ox_j.x;
+  let k0 = ox_j.y * 4u;
+  var tap_ci = divmod(k0, p.cin);
+  var ky_kx = divmod(tap_ci.x, p.kw);
+  var v = vec4<f32>(0.0);
+  for (var i = 0u; i < 4u; i++) {
+    let iy = i32(oy * p.stride + ky_kx.x) - i32(p.pad_top);
+    let ix = i32(ox * p.stride + ky_kx.y) - i32(p.pad_left);
+    if (k0 + i < p.k && iy >= 0 && iy < i32(p.h) && ix >= 0 && ix < i32(p.w)) {
+      v[i] = image[((n * p.h + u32(iy)) * p.w + u32(ix)) * p.cin + tap_ci.y];
+    }
+    // The next tap: channel, then kernel column, then kernel row.
+    tap_ci.y += 1u;
+    if (tap_ci.y == p.cin) {
+      tap_ci.y = 0u;
+      ky_kx.y += 1u;
+      if (ky_kx.y == p.kw) {
+        ky_kx.y = 0u;
+        ky_kx.x += 1u;
+      }
+    }
+  }
+  cols4[((n * p.oh + oy) * p.ow + ox) * ld4 + ox_j.y] = v;
+}
+
 // One workgroup: a run of 64 (ix, ci) pairs of input row (n, iy).
 @compute @workgroup_size(64)
 fn col2im(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {

@@ -224,7 +224,22 @@ impl Conv2d {
             return Ok(x.clone());
         }
         let cols = gpu.empty(&[self.m(), self.ld()])?;
-        let kernel = gpu.kernel(SHADERS.pick(self.width() == 4), "im2col", &[]);
+        if self.width() == 1 {
+            let kernel = gpu.kernel(&SHADERS.scalar, "im2col_x4", &[]);
+            let grid = [
+                (self.ow * self.ld() / 4).div_ceil(64) as u32,
+                self.oh as u32,
+                self.n as u32,
+            ];
+            gpu.dispatch_xyz(
+                &kernel,
+                bytemuck::bytes_of(&self.params()),
+                &[(3, x), (4, &cols)],
+                grid,
+            )?;
+            return Ok(cols);
+        }
+        let kernel = gpu.kernel(&SHADERS.vec4, "im2col", &[]);
         let grid = [
             (self.ow * self.ld() / self.width()).div_ceil(64) as u32,
             self.oh as u32,
