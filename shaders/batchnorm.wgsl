@@ -1,8 +1,8 @@
 // Batch normalisation over the rows of an [m, c] matrix (NHWC activations
 // flattened), with Keras semantics: biased batch variance, epsilon, and
 // moving averages `moving = momentum · moving + (1 − momentum) · batch`.
-// Column sums come from reduce.wgsl; these kernels turn them into
-// statistics and apply them. `stats` is [mean | invstd], invstd = 1/sqrt(var + eps).
+// Column sums and per-chunk moments come from reduce.wgsl; these kernels turn
+// them into statistics and apply them. `stats` is [mean | invstd], invstd = 1/sqrt(var + eps).
 // Row kernels: lanes own channels, a workgroup owns ROWS rows (grid (ceil(c / 32), ceil(m / ROWS))).
 // c counts V's (f32 or vec4<f32>, see `ShaderPair`). With RELU the layer is
 // batch norm followed by ReLU, fused: normalize clamps at zero, and the
@@ -10,6 +10,7 @@
 
 struct Params {
   m: u32, c: u32, eps: f32, momentum: f32,
+  chunks: u32, rows_per_chunk: u32, pad0: u32, pad1: u32,  // how reduce.wgsl split the rows
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -27,22 +28,30 @@ override RELU: bool = false;
 
 const ROWS: u32 = 32u;
 
-// a = Σx → out[0..c] = mean.
-@compute @workgroup_size(32)
-fn mean(@builtin(global_invocation_id) gid: vec3<u32>) {
-  let col = gid.x;
-  if (col >= p.c) { return; }
-  out[col] = a[col] / f32(p.m);
+// Rows in chunk i of reduce.wgsl's split.
+fn chunk_rows(i: u32) -> f32 {
+  return f32(min(p.rows_per_chunk, p.m - i * p.rows_per_chunk));
 }
 
-// a = Σ(x − mean)² → out[c..2c] = invstd; out2 = moving mean, out3 = moving variance, updated.
+// a = per-chunk [mean | Σ(x − chunk mean)²] (reduce.wgsl, MOMENTS) → out = stats;
+// out2 = moving mean, out3 = moving variance, updated. The chunks combine as
+// in Chan et al.: M2 = Σ M2_i + n_i (mean_i − mean)², with no cancellation.
 @compute @workgroup_size(32)
-fn variance(@builtin(global_invocation_id) gid: vec3<u32>) {
+fn stats(@builtin(global_invocation_id) gid: vec3<u32>) {
   let col = gid.x;
   if (col >= p.c) { return; }
-  let var_ = a[col] / f32(p.m);
+  var mean = V(0.0);
+  for (var i = 0u; i < p.chunks; i++) { mean += a[i * p.c + col] * chunk_rows(i); }
+  mean /= f32(p.m);
+  var m2 = V(0.0);
+  for (var i = 0u; i < p.chunks; i++) {
+    let d = a[i * p.c + col] - mean;
+    m2 += a[(p.chunks + i) * p.c + col] + chunk_rows(i) * d * d;
+  }
+  let var_ = m2 / f32(p.m);
+  out[col] = mean;
   out[p.c + col] = V(1.0) / sqrt(var_ + V(p.eps));
-  out2[col] = p.momentum * out2[col] + (1.0 - p.momentum) * out[col];
+  out2[col] = p.momentum * out2[col] + (1.0 - p.momentum) * mean;
   out3[col] = p.momentum * out3[col] + (1.0 - p.momentum) * var_;
 }
 

@@ -19,7 +19,7 @@ struct Params {
 @group(0) @binding(5) var<storage, read> relu_out: array<V>;
 
 const SUM: u32 = 0u;          // part[0] = sum x
-const SQUARES: u32 = 1u;      // part[0] = sum (x - mean)^2
+const MOMENTS: u32 = 1u;      // part[0] = the chunk's mean, part[1] = its sum of (x - chunk mean)^2
 const BN_BACKWARD: u32 = 2u;  // part[0] = sum dy, part[1] = sum dy * (x - mean) * invstd
 const BN_RELU_BACKWARD: u32 = 3u;  // the same with dy masked by relu_out > 0
 
@@ -35,9 +35,12 @@ fn partial(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index
   var s1 = V(0.0);
   if (p.mode == SUM) {
     for (var r = start; r < end; r++) { s0 += x[r * p.c + col]; }
-  } else if (p.mode == SQUARES) {
-    let mean = stats[col];
-    for (var r = start; r < end; r++) { let d = x[r * p.c + col] - mean; s0 += d * d; }
+  } else if (p.mode == MOMENTS) {
+    // Two passes over the chunk; the second finds its rows in cache.
+    for (var r = start; r < end; r++) { s0 += x[r * p.c + col]; }
+    s0 /= f32(max(end, start + 1u) - start);
+    for (var r = start; r < end; r++) { let d = x[r * p.c + col] - s0; s1 += d * d; }
+    part[(p.chunks + chunk) * p.c + col] = s1;
   } else {
     let mean = stats[col];
     let invstd = stats[p.c + col];

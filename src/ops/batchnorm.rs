@@ -8,7 +8,7 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::gpu::Kernel;
 use crate::ops::ShaderPair;
-use crate::ops::reduce::{Sum, column_sums};
+use crate::ops::reduce::{Chunks, Sum, add_up_chunks, column_partials};
 use crate::{Gpu, Tensor, shader_pair};
 
 const SHADERS: ShaderPair = shader_pair!("batchnorm", "../../shaders/batchnorm.wgsl");
@@ -24,6 +24,9 @@ struct Params {
     c: u32,
     eps: f32,
     momentum: f32,
+    chunks: u32,
+    rows_per_chunk: u32,
+    pad: [u32; 2],
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -92,11 +95,15 @@ impl BatchNorm {
     }
 
     fn params(&self, m: usize) -> Params {
+        let split = Chunks::of(m);
         Params {
             m: m as u32,
             c: self.cv() as u32,
             eps: self.eps,
             momentum: self.momentum,
+            chunks: split.chunks as u32,
+            rows_per_chunk: split.rows_per_chunk as u32,
+            pad: [0; 2],
         }
     }
 
@@ -119,19 +126,13 @@ impl BatchNorm {
         let bytes = bytemuck::bytes_of(&params);
         let groups = self.groups();
         let stats = gpu.empty(&[2, self.c])?;
-        let sums = column_sums(gpu, Sum::Plain, x, None, None, None, self.c)?;
+        let (moments, split) = column_partials(gpu, Sum::Moments, x, None, None, None, self.c)?;
+        debug_assert_eq!(split, Chunks::of(m));
         gpu.dispatch(
-            &self.kernel(gpu, "mean"),
-            bytes,
-            &[(1, &sums), (6, &stats)],
-            groups,
-        )?;
-        let squares = column_sums(gpu, Sum::Squares, x, None, Some(&stats), None, self.c)?;
-        gpu.dispatch(
-            &self.kernel(gpu, "variance"),
+            &self.kernel(gpu, "stats"),
             bytes,
             &[
-                (1, &squares),
+                (1, &moments),
                 (6, &stats),
                 (7, p.moving_mean),
                 (8, p.moving_var),
@@ -193,7 +194,8 @@ impl BatchNorm {
         } else {
             (Sum::BatchNormBackward, None)
         };
-        let sums = column_sums(gpu, mode, x, Some(dy), Some(stats), relu_out, c)?;
+        let (part, split) = column_partials(gpu, mode, x, Some(dy), Some(stats), relu_out, c)?;
+        let sums = add_up_chunks(gpu, &part, split, c)?;
         let dx = gpu.empty(x.shape())?;
         gpu.dispatch_xyz(
             &self.kernel(gpu, "grad_input"),

@@ -8,7 +8,7 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::ops::ShaderPair;
 use crate::ops::gemm::{Gemm, Strides};
-use crate::ops::reduce::{Sum, column_sums};
+use crate::ops::reduce::column_sums;
 use crate::{Gpu, Tensor, shader_pair};
 
 const SHADERS: ShaderPair = shader_pair!(
@@ -320,7 +320,7 @@ impl Conv2d {
 
     /// db = Σ over output pixels of dy.
     pub fn grad_bias(&self, gpu: &Gpu, dy: &Tensor) -> Result<Tensor> {
-        column_sums(gpu, Sum::Plain, dy, None, None, None, self.cout)
+        column_sums(gpu, dy, self.cout)
     }
 }
 

@@ -5,7 +5,7 @@ use anyhow::{Result, bail, ensure};
 
 use crate::ops::conv2d::transpose;
 use crate::ops::gemm::{Gemm, Strides};
-use crate::ops::reduce::{Sum, column_sums};
+use crate::ops::reduce::column_sums;
 use crate::{Gpu, Tensor};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -77,7 +77,7 @@ impl Dense {
     }
 
     pub fn grad_bias(&self, gpu: &Gpu, dy: &Tensor) -> Result<Tensor> {
-        column_sums(gpu, Sum::Plain, dy, None, None, None, self.outputs)
+        column_sums(gpu, dy, self.outputs)
     }
 }
 

@@ -1,7 +1,7 @@
 //! Per-column sums of an [m, c] matrix in two stages (see `shaders/reduce.wgsl`):
 //! bias gradients and the batch-norm statistics.
 
-use anyhow::Result;
+use anyhow::{Result, ensure};
 use bytemuck::{Pod, Zeroable};
 
 use crate::ops::ShaderPair;
@@ -14,12 +14,24 @@ const SHADERS: ShaderPair = shader_pair!("reduce", "../../shaders/reduce.wgsl");
 pub enum Sum {
     /// Σ x
     Plain,
-    /// Σ (x − mean)², with `stats` = [mean | ...]
-    Squares,
+    /// Per chunk: [mean | Σ (x − mean)²] of the chunk's rows, which
+    /// `batchnorm.wgsl`'s `stats` combines into the batch's mean and variance
+    /// (one pass over x instead of two, no cancellation).
+    Moments,
     /// [Σ dy | Σ dy·(x − mean)·invstd], with `stats` = [mean | invstd]
     BatchNormBackward,
     /// The same with dy masked where the fused batch-norm + ReLU output is 0.
     BatchNormReluBackward,
+}
+
+impl Sum {
+    /// How many values per column each chunk produces.
+    fn outputs(self) -> usize {
+        match self {
+            Sum::Plain => 1,
+            Sum::Moments | Sum::BatchNormBackward | Sum::BatchNormReluBackward => 2,
+        }
+    }
 }
 
 #[repr(C)]
@@ -33,17 +45,48 @@ struct Params {
     pad: [u32; 3],
 }
 
-/// Chunks of at least 128 rows, at most 64 chunks: enough workgroups for
-/// every core, few enough partial rows for `finish`.
-fn chunking(m: usize) -> (usize, usize) {
-    let chunks = m.div_ceil(128).clamp(1, 64);
-    (m.div_ceil(chunks), chunks)
+impl Params {
+    /// For an [m, c] matrix split into `split`; c counts floats.
+    fn new(m: usize, c: usize, split: Chunks, mode: Sum) -> Self {
+        Params {
+            m: m as u32,
+            c: columns(c) as u32,
+            rows_per_chunk: split.rows_per_chunk as u32,
+            chunks: split.chunks as u32,
+            mode: mode as u32,
+            pad: [0; 3],
+        }
+    }
 }
 
-/// Column sums of `x` ([m, c] as a flat tensor). Returns [c], or [2, c] for
-/// the batch-norm backward sums; `relu_out` is the fused output for
+/// Columns in the kernels' units: vec4s when they come in whole vec4s.
+fn columns(c: usize) -> usize {
+    if c.is_multiple_of(4) { c / 4 } else { c }
+}
+
+/// How the rows of an [m, c] matrix are split: chunks of at least 128 rows,
+/// at most 64 chunks: enough workgroups for every core, few enough partial
+/// rows to add up afterwards. No chunk is empty.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Chunks {
+    pub rows_per_chunk: usize,
+    pub chunks: usize,
+}
+
+impl Chunks {
+    pub fn of(m: usize) -> Self {
+        let chunks = m.div_ceil(128).clamp(1, 64);
+        Chunks {
+            rows_per_chunk: m.div_ceil(chunks),
+            chunks,
+        }
+    }
+}
+
+/// The per-chunk results [outputs, chunks, c] of `mode` over `x` ([m, c] as
+/// a flat tensor); `relu_out` is the fused output for
 /// `Sum::BatchNormReluBackward`.
-pub fn column_sums(
+pub fn column_partials(
     gpu: &Gpu,
     mode: Sum,
     x: &Tensor,
@@ -51,28 +94,12 @@ pub fn column_sums(
     stats: Option<&Tensor>,
     relu_out: Option<&Tensor>,
     c: usize,
-) -> Result<Tensor> {
+) -> Result<(Tensor, Chunks)> {
     let m = x.len() / c;
-    let (rows_per_chunk, chunks) = chunking(m);
-    let outputs = if matches!(mode, Sum::BatchNormBackward | Sum::BatchNormReluBackward) {
-        2
-    } else {
-        1
-    };
-    let part = gpu.empty(&[outputs, chunks, c])?;
-    // Columns in vec4s when they come in whole vec4s.
-    let vec4 = c.is_multiple_of(4);
-    let cv = if vec4 { c / 4 } else { c };
-    let shader = SHADERS.pick(vec4);
-    let mut params = Params {
-        m: m as u32,
-        c: cv as u32,
-        rows_per_chunk: rows_per_chunk as u32,
-        chunks: chunks as u32,
-        mode: mode as u32,
-        pad: [0; 3],
-    };
-    let partial = gpu.kernel(shader, "partial", &[]);
+    let split = Chunks::of(m);
+    let part = gpu.empty(&[mode.outputs(), split.chunks, c])?;
+    let params = Params::new(m, c, split, mode);
+    let partial = gpu.kernel(SHADERS.pick(c.is_multiple_of(4)), "partial", &[]);
     // The `partial` entry point uses every binding (its modes do), so absent
     // inputs are bound to a dummy.
     let dummy = gpu.dummy()?;
@@ -83,23 +110,42 @@ pub fn column_sums(
         (4, &part),
         (5, relu_out.unwrap_or(&dummy)),
     ];
-    let groups = cv.div_ceil(32) as u32;
     gpu.dispatch_xyz(
         &partial,
         bytemuck::bytes_of(&params),
         &bindings,
-        [groups, chunks as u32, 1],
+        [columns(c).div_ceil(32) as u32, split.chunks as u32, 1],
     )?;
+    Ok((part, split))
+}
 
+/// Column sums of `x` ([m, c] as a flat tensor): [c].
+pub fn column_sums(gpu: &Gpu, x: &Tensor, c: usize) -> Result<Tensor> {
+    let (part, split) = column_partials(gpu, Sum::Plain, x, None, None, None, c)?;
+    add_up_chunks(gpu, &part, split, c)
+}
+
+/// The chunks of `column_partials` added up: [c], or [2, c] for two outputs.
+/// (Not for `Sum::Moments`, whose chunks `batchnorm.wgsl` combines.)
+pub fn add_up_chunks(gpu: &Gpu, part: &Tensor, split: Chunks, c: usize) -> Result<Tensor> {
+    let outputs = part.len() / (split.chunks * c);
+    ensure!(
+        part.len() == outputs * split.chunks * c && (1..=2).contains(&outputs),
+        "add_up_chunks: {:?} is not [1 or 2, {}, {c}]",
+        part.shape(),
+        split.chunks
+    );
     let shape = if outputs == 2 { vec![2, c] } else { vec![c] };
     let out = gpu.empty(&shape)?;
-    params.mode = 0;
-    let finish = gpu.kernel(shader, "finish", &[]);
+    // `finish` reads only chunks and columns.
+    let m = split.chunks * split.rows_per_chunk;
+    let params = Params::new(m, c, split, Sum::Plain);
+    let finish = gpu.kernel(SHADERS.pick(c.is_multiple_of(4)), "finish", &[]);
     gpu.dispatch_xyz(
         &finish,
         bytemuck::bytes_of(&params),
-        &[(1, &part), (4, &out)],
-        [groups, outputs as u32, 1],
+        &[(1, part), (4, &out)],
+        [columns(c).div_ceil(32) as u32, outputs as u32, 1],
     )?;
     Ok(out)
 }
