@@ -14,8 +14,9 @@
 // A transposed (A stored [p, lda], i contiguous): lane l loads A[p + l, i0..i0+15].
 // Requirements (checked by the host): lda % 4 == 0, n % 4 == 0; for A_ROWS the
 // columns of A past k up to the next multiple of 4 hold zeros. The loop body
-// is unrolled by a generator: WGSL has no way to name 16 accumulators in a loop
-// that the shader compiler keeps in registers.
+// is unrolled by shaders/gemm_sg8.py, which writes this file: edit that, not
+// this. (WGSL has no way to name 16 accumulators in a loop that the shader
+// compiler keeps in registers.)
 
 struct Params {
   m: u32, n: u32, k: u32, lda: u32,

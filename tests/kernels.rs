@@ -737,3 +737,30 @@ fn batchnorm_relu_fused_forward_and_backward() {
         );
     }
 }
+
+/// `shaders/gemm_sg8.wgsl` is generated: it must be what `shaders/gemm_sg8.py`
+/// writes, so that an edit to one is never lost in the other.
+#[test]
+fn gemm_sg8_shader_is_what_its_generator_writes() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = std::env::temp_dir().join(format!("wgfer-gemm_sg8-{}.wgsl", std::process::id()));
+    let run = std::process::Command::new("python3")
+        .arg(root.join("shaders/gemm_sg8.py"))
+        .arg("16")
+        .arg(&out)
+        .status();
+    match run {
+        Err(e) => {
+            eprintln!("SKIPPED: python3 is not available ({e}); cannot regenerate gemm_sg8.wgsl");
+            return;
+        }
+        Ok(status) => assert!(status.success(), "shaders/gemm_sg8.py failed: {status}"),
+    }
+    let generated = std::fs::read_to_string(&out).unwrap();
+    let _ = std::fs::remove_file(&out);
+    let committed = std::fs::read_to_string(root.join("shaders/gemm_sg8.wgsl")).unwrap();
+    assert!(
+        generated == committed,
+        "shaders/gemm_sg8.wgsl differs from what shaders/gemm_sg8.py writes: run `python3 shaders/gemm_sg8.py`"
+    );
+}
