@@ -24,6 +24,10 @@ fn conv_cases() -> Vec<([usize; 4], usize, usize, usize, Padding)> {
         ([2, 13, 12, 1], 6, 7, 2, Padding::Zeros(3)),
         ([1, 4, 5, 9], 4, 3, 1, Padding::Zeros(2)),
         ([2, 6, 7, 3], 5, 7, 1, Padding::Same),
+        // An even kernel ('same' pads one side only), and padding wider than
+        // the kernel.
+        ([2, 6, 5, 4], 3, 2, 1, Padding::Same),
+        ([1, 4, 5, 3], 4, 3, 1, Padding::Zeros(3)),
         // The tutorial ResNet's convolutions (batch 2).
         ([2, 48, 48, 1], 64, 7, 2, Padding::Zeros(3)),
         ([2, 11, 11, 64], 64, 1, 1, Padding::Valid),
