@@ -33,7 +33,7 @@ L.append(f"""// C[i, j] = sum_p A(i, p) * B[p, j]  (+ bias[j]), for adapters who
 
 struct Params {{
   m: u32, n: u32, k: u32, lda: u32,
-  flags: u32, col_blocks: u32, tiles: u32, pad: u32,  // flags: 1 = add bias
+  flags: u32, col_blocks: u32, tiles: u32, pad: u32,  // flags: 1 = add bias, 2 = sum B's columns
 }}
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -41,6 +41,10 @@ struct Params {{
 @group(0) @binding(2) var<storage, read> b: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read> bias: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read_write> c: array<vec4<f32>>;
+// With flag 2 (A transposed only): the column sums of B, which the first row
+// of tiles adds up on the way (they load every row of B). For dW = xᵀ·dy
+// that is the bias gradient, without a dispatch of its own.
+@group(0) @binding(5) var<storage, read_write> colsum: array<vec4<f32>>;
 
 override A_ROWS: bool = true;
 
@@ -83,6 +87,8 @@ for t in range(4):
 L.append("    }")
 L.append("  } else {")
 L.append("    let ia = i0 / 4u;")
+L.append("    let sum_b = (p.flags & 2u) != 0u && i0 == 0u;")
+L.append("    var sb = vec4<f32>();")
 L.append("    for (var k0 = 0u; k0 < p.k; k0 += 8u) {")
 L.append("      let kr = min(k0 + lane, klast) * lda4 + ia;")
 L.append("      // Rows of A past k are clamped to the last one: zero their share.")
@@ -91,11 +97,17 @@ for q in range(R // 4):
     L.append(f"      let a{q} = a[kr + {q}u] * live;")
 for t in range(8):
     L.append(f"      let b{t} = b[min(k0 + {t}u, klast) * n4 + col4];")
+L.append("      if (sum_b) {")
+L.append("        // Rows past k repeat the last one: leave them out.")
+L.append("        sb += " + " + ".join(f"select(vec4<f32>(), b{t}, k0 + {t}u < p.k)" for t in range(4)) + ";")
+L.append("        sb += " + " + ".join(f"select(vec4<f32>(), b{t}, k0 + {t}u < p.k)" for t in range(4, 8)) + ";")
+L.append("      }")
 for t in range(8):
     for q in range(R // 4):
         for cc in range(4):
             L.append(f"      s{4*q+cc} += subgroupBroadcast(a{q}.{comp[cc]}, {t}u) * b{t};")
 L.append("    }")
+L.append("    if (sum_b && mine < n4) { colsum[col4] = sb; }")
 L.append("  }")
 L.append("  if (mine >= n4) { return; }")
 for r in range(R):

@@ -20,7 +20,7 @@
 
 struct Params {
   m: u32, n: u32, k: u32, lda: u32,
-  flags: u32, col_blocks: u32, tiles: u32, pad: u32,  // flags: 1 = add bias
+  flags: u32, col_blocks: u32, tiles: u32, pad: u32,  // flags: 1 = add bias, 2 = sum B's columns
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -28,6 +28,10 @@ struct Params {
 @group(0) @binding(2) var<storage, read> b: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read> bias: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read_write> c: array<vec4<f32>>;
+// With flag 2 (A transposed only): the column sums of B, which the first row
+// of tiles adds up on the way (they load every row of B). For dW = xᵀ·dy
+// that is the bias gradient, without a dispatch of its own.
+@group(0) @binding(5) var<storage, read_write> colsum: array<vec4<f32>>;
 
 override A_ROWS: bool = true;
 
@@ -144,6 +148,8 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     }
   } else {
     let ia = i0 / 4u;
+    let sum_b = (p.flags & 2u) != 0u && i0 == 0u;
+    var sb = vec4<f32>();
     for (var k0 = 0u; k0 < p.k; k0 += 8u) {
       let kr = min(k0 + lane, klast) * lda4 + ia;
       // Rows of A past k are clamped to the last one: zero their share.
@@ -160,6 +166,11 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
       let b5 = b[min(k0 + 5u, klast) * n4 + col4];
       let b6 = b[min(k0 + 6u, klast) * n4 + col4];
       let b7 = b[min(k0 + 7u, klast) * n4 + col4];
+      if (sum_b) {
+        // Rows past k repeat the last one: leave them out.
+        sb += select(vec4<f32>(), b0, k0 + 0u < p.k) + select(vec4<f32>(), b1, k0 + 1u < p.k) + select(vec4<f32>(), b2, k0 + 2u < p.k) + select(vec4<f32>(), b3, k0 + 3u < p.k);
+        sb += select(vec4<f32>(), b4, k0 + 4u < p.k) + select(vec4<f32>(), b5, k0 + 5u < p.k) + select(vec4<f32>(), b6, k0 + 6u < p.k) + select(vec4<f32>(), b7, k0 + 7u < p.k);
+      }
       s0 += subgroupBroadcast(a0.x, 0u) * b0;
       s1 += subgroupBroadcast(a0.y, 0u) * b0;
       s2 += subgroupBroadcast(a0.z, 0u) * b0;
@@ -289,6 +300,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
       s14 += subgroupBroadcast(a3.z, 7u) * b7;
       s15 += subgroupBroadcast(a3.w, 7u) * b7;
     }
+    if (sum_b && mine < n4) { colsum[col4] = sb; }
   }
   if (mine >= n4) { return; }
   store(i0 + 0u, col4, s0);

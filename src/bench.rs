@@ -233,12 +233,9 @@ pub fn run(
                         conv.grad_input(gpu, &dy, &w).map(drop)
                     })?;
                 }
-                b.record(&label, "grad_weight", shape.clone(), flops, None, || {
-                    conv.grad_weight(gpu, &cols, &dy).map(drop)
-                })?;
-                let bytes = Some(4.0 * dy.len() as f64);
-                b.record(&label, "grad_bias", shape, None, bytes, || {
-                    conv.grad_bias(gpu, &dy).map(drop)
+                // As the training step runs them: one product that also sums dy.
+                b.record(&label, "grad_weight_and_bias", shape, flops, None, || {
+                    conv.grad_weight_and_bias(gpu, &cols, &dy).map(drop)
                 })?;
             }
             Op::BatchNorm => {

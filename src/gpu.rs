@@ -100,6 +100,7 @@ struct Inner {
     encoder: Mutex<Option<wgpu::CommandEncoder>>,
     nan_source: Mutex<Option<wgpu::Buffer>>,
     dummy: Mutex<Option<Tensor>>,
+    sink: Mutex<Option<Tensor>>,
     error: Arc<Mutex<Option<String>>>,
     poison: AtomicBool,
     next_id: AtomicU64,
@@ -276,6 +277,7 @@ impl Gpu {
             encoder: Mutex::new(None),
             nan_source: Mutex::new(None),
             dummy: Mutex::new(None),
+            sink: Mutex::new(None),
             error,
             poison: AtomicBool::new(false),
             next_id: AtomicU64::new(1),
@@ -444,6 +446,19 @@ impl Gpu {
         }
         let t = self.alloc_in(&[4], false)?;
         self.with_encoder(|enc| enc.clear_buffer(t.buffer(), 0, None));
+        *slot = Some(t.clone());
+        Ok(t)
+    }
+
+    /// A small tensor to bind where a kernel's optional output is not
+    /// wanted (the kernel must not write it then; `dummy` cannot serve, as
+    /// one buffer may not be bound for reading and writing at once).
+    pub fn sink(&self) -> Result<Tensor> {
+        let mut slot = self.0.sink.lock().unwrap();
+        if let Some(t) = slot.as_ref() {
+            return Ok(t.clone());
+        }
+        let t = self.alloc_in(&[4], false)?;
         *slot = Some(t.clone());
         Ok(t)
     }

@@ -31,23 +31,21 @@ pub fn conv2d_as(tape: &Tape, conv: Conv2d, x: &Tensor, w: &Tensor, b: &Tensor) 
     let (y, cols) = conv.forward(tape.gpu(), x, w, b)?;
     let w2 = w.clone();
     tape.record(&[x, w, b], &y, move |gpu, dy, needs| {
-        Ok(vec![
-            if needs[0] {
-                Some(conv.grad_input(gpu, dy, &w2)?)
-            } else {
-                None
-            },
-            if needs[1] {
-                Some(conv.grad_weight(gpu, &cols, dy)?)
-            } else {
-                None
-            },
-            if needs[2] {
-                Some(conv.grad_bias(gpu, dy)?)
-            } else {
-                None
-            },
-        ])
+        let dx = if needs[0] {
+            Some(conv.grad_input(gpu, dy, &w2)?)
+        } else {
+            None
+        };
+        let (dw, db) = match (needs[1], needs[2]) {
+            (true, true) => {
+                let (dw, db) = conv.grad_weight_and_bias(gpu, &cols, dy)?;
+                (Some(dw), Some(db))
+            }
+            (true, false) => (Some(conv.grad_weight(gpu, &cols, dy)?), None),
+            (false, true) => (None, Some(conv.grad_bias(gpu, dy)?)),
+            (false, false) => (None, None),
+        };
+        Ok(vec![dx, dw, db])
     });
     Ok(y)
 }

@@ -118,6 +118,17 @@ fn check_conv(gpu: &Gpu, rng: &mut StdRng, c: Conv2d, what: &str) {
         &read(gpu, &db),
         &conv2d::cpu::grad_bias(&c, &f64s(&dy)),
     );
+    let (dw, db) = c.grad_weight_and_bias(gpu, &cols, &dyt).unwrap();
+    check(
+        &format!("conv2d_grad_weight_and_bias (weight) {what}"),
+        &read(gpu, &dw),
+        &conv2d::cpu::grad_weight(&c, &f64s(&x), &f64s(&dy)),
+    );
+    check(
+        &format!("conv2d_grad_weight_and_bias (bias) {what}"),
+        &read(gpu, &db),
+        &conv2d::cpu::grad_bias(&c, &f64s(&dy)),
+    );
 }
 
 #[test]
@@ -193,6 +204,48 @@ fn gemm_shapes_and_transposed_a_and_accumulate() {
                 );
             }
         }
+    }
+}
+
+/// The product that also returns the column sums of B (dW and db in one
+/// pass): the 8-lane kernel's fused sums for a transposed A with m and n
+/// multiples of 4, a reduction otherwise. k not a multiple of 8 exercises
+/// the rows past k that the kernel must leave out.
+#[test]
+fn gemm_summing_b_columns() {
+    let gpu = gpu();
+    let mut rng = rng();
+    for (m, k, n) in [
+        (16, 37, 8),
+        (52, 100, 64),
+        (48, 8, 36),
+        (20, 9, 12),
+        (7, 30, 5),
+    ] {
+        let g = Gemm::new(m, n, k, Strides::transposed(m));
+        let a = random(&mut rng, m * k);
+        let b = random(&mut rng, k * n);
+        let ct = gpu.empty(&[m, n]).unwrap();
+        let sums = g
+            .run_summing_b(
+                &gpu,
+                &upload(&gpu, &[m * k], &a),
+                &upload(&gpu, &[k, n], &b),
+                &ct,
+            )
+            .unwrap();
+        let mut want = vec![0.0; m * n];
+        gemm::cpu(&g, &a, &b, None, &mut want);
+        check(
+            &format!("gemm summing B {m}x{k}x{n}"),
+            &read(&gpu, &ct),
+            &f64s(&want),
+        );
+        check(
+            &format!("gemm's column sums of B {m}x{k}x{n}"),
+            &read(&gpu, &sums),
+            &reduce::cpu_column_sums(&f64s(&b), n),
+        );
     }
 }
 

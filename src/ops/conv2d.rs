@@ -308,14 +308,31 @@ impl Conv2d {
     /// dW = colsᵀ · dy, shaped [kh, kw, cin, cout].
     pub fn grad_weight(&self, gpu: &Gpu, cols: &Tensor, dy: &Tensor) -> Result<Tensor> {
         let dw = gpu.empty(&self.weight_shape())?;
-        let g = Gemm::new(
+        self.weight_product().run(gpu, cols, dy, None, &dw)?;
+        Ok(dw)
+    }
+
+    /// dW and db together: the product sums dy's columns as it reads them
+    /// where it can (see `Gemm::run_summing_b`), saving the bias reduction.
+    pub fn grad_weight_and_bias(
+        &self,
+        gpu: &Gpu,
+        cols: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Tensor, Tensor)> {
+        let dw = gpu.empty(&self.weight_shape())?;
+        let db = self.weight_product().run_summing_b(gpu, cols, dy, &dw)?;
+        Ok((dw, db))
+    }
+
+    /// colsᵀ · dy: the product behind dW.
+    fn weight_product(&self) -> Gemm {
+        Gemm::new(
             self.k(),
             self.cout,
             self.m(),
             Strides::transposed(self.ld()),
-        );
-        g.run(gpu, cols, dy, None, &dw)?;
-        Ok(dw)
+        )
     }
 
     /// db = Σ over output pixels of dy.

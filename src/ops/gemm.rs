@@ -6,6 +6,7 @@
 use anyhow::{Result, ensure};
 use bytemuck::{Pod, Zeroable};
 
+use crate::ops::reduce::column_sums;
 use crate::{Gpu, Shader, Tensor};
 
 const SHADER: Shader = Shader {
@@ -124,6 +125,30 @@ impl Gemm {
         bias: Option<&Tensor>,
         c: &Tensor,
     ) -> Result<()> {
+        self.encode(gpu, [a, b, c], bias, None)
+    }
+
+    /// `run` without bias, also returning the column sums of B ([n]): for
+    /// dW = xᵀ·dy they are the bias gradient. The 8-lane kernel adds them
+    /// up while it reads B for a transposed A; otherwise a reduction does.
+    pub fn run_summing_b(&self, gpu: &Gpu, a: &Tensor, b: &Tensor, c: &Tensor) -> Result<Tensor> {
+        if self.sg8_layout(gpu) == Some(false) {
+            let sums = gpu.empty(&[self.n])?;
+            self.encode(gpu, [a, b, c], None, Some(&sums))?;
+            return Ok(sums);
+        }
+        self.run(gpu, a, b, None, c)?;
+        column_sums(gpu, &b.reshape(&[b.len()]), self.n)
+    }
+
+    /// `operands` = [a, b, c].
+    fn encode(
+        &self,
+        gpu: &Gpu,
+        [a, b, c]: [&Tensor; 3],
+        bias: Option<&Tensor>,
+        b_sums: Option<&Tensor>,
+    ) -> Result<()> {
         let Gemm {
             m,
             n,
@@ -164,6 +189,14 @@ impl Gemm {
         };
         let bindings = [(1, a), (2, b), (3, bias_t), (4, c)];
         if let Some(rows_layout) = self.sg8_layout(gpu) {
+            let sink;
+            let sums = match b_sums {
+                Some(t) => t,
+                None => {
+                    sink = gpu.sink()?;
+                    &sink
+                }
+            };
             let col_blocks = n.div_ceil(SG8_COLS);
             let tiles = m.div_ceil(SG8_ROWS) * col_blocks;
             let params = Sg8Params {
@@ -171,7 +204,7 @@ impl Gemm {
                 n: n as u32,
                 k: k as u32,
                 lda: if rows_layout { s.row } else { s.col } as u32,
-                flags: bias.is_some() as u32,
+                flags: bias.is_some() as u32 | (b_sums.is_some() as u32) << 1,
                 col_blocks: col_blocks as u32,
                 tiles: tiles as u32,
                 pad: 0,
@@ -184,10 +217,17 @@ impl Gemm {
             return gpu.dispatch(
                 &kernel,
                 bytemuck::bytes_of(&params),
-                &bindings,
+                &[
+                    bindings[0],
+                    bindings[1],
+                    bindings[2],
+                    bindings[3],
+                    (5, sums),
+                ],
                 tiles as u32,
             );
         }
+        ensure!(b_sums.is_none(), "gemm: only the 8-lane kernel sums B");
         let col_blocks = n.div_ceil(COLS);
         let tiles = m.div_ceil(ROWS) * col_blocks;
         let params = Params {
