@@ -158,3 +158,26 @@ pub fn cpu_column_sums(x: &[f64], c: usize) -> Vec<f64> {
     }
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Chunks;
+
+    /// `batchnorm.wgsl`'s `stats` weighs each chunk by its row count: an
+    /// empty chunk would divide by zero in `partial`.
+    #[test]
+    fn chunks_cover_the_rows_and_none_is_empty() {
+        for m in 1..200_000 {
+            let Chunks {
+                rows_per_chunk,
+                chunks,
+            } = Chunks::of(m);
+            assert!((1..=64).contains(&chunks), "m {m}: {chunks} chunks");
+            assert!(rows_per_chunk * chunks >= m, "m {m}: rows left over");
+            assert!(
+                rows_per_chunk * (chunks - 1) < m,
+                "m {m}: the last chunk is empty"
+            );
+        }
+    }
+}
