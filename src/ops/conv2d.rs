@@ -224,33 +224,25 @@ impl Conv2d {
             return Ok(x.clone());
         }
         let cols = gpu.empty(&[self.m(), self.ld()])?;
-        if self.width() == 1 {
-            let kernel = gpu.kernel(&SHADERS.scalar, "im2col_x4", &[]);
-            let grid = [
-                (self.ow * self.ld() / 4).div_ceil(64) as u32,
-                self.oh as u32,
-                self.n as u32,
-            ];
-            gpu.dispatch_xyz(
-                &kernel,
-                bytemuck::bytes_of(&self.params()),
-                &[(3, x), (4, &cols)],
-                grid,
-            )?;
-            return Ok(cols);
-        }
-        let kernel = gpu.kernel(&SHADERS.vec4, "im2col", &[]);
+        // Both kernels fill one vec4 of a cols row per invocation (ld % 4 == 0):
+        // `im2col` over vec4s of channels, `im2col_x4` over four taps.
+        let (kernel, bindings) = if self.width() == 4 {
+            (
+                gpu.kernel(&SHADERS.vec4, "im2col", &[]),
+                [(1, x), (2, &cols)],
+            )
+        } else {
+            (
+                gpu.kernel(&SHADERS.scalar, "im2col_x4", &[]),
+                [(3, x), (4, &cols)],
+            )
+        };
         let grid = [
-            (self.ow * self.ld() / self.width()).div_ceil(64) as u32,
+            (self.ow * self.ld() / 4).div_ceil(64) as u32,
             self.oh as u32,
             self.n as u32,
         ];
-        gpu.dispatch_xyz(
-            &kernel,
-            bytemuck::bytes_of(&self.params()),
-            &[(1, x), (2, &cols)],
-            grid,
-        )?;
+        gpu.dispatch_xyz(&kernel, bytemuck::bytes_of(&self.params()), &bindings, grid)?;
         Ok(cols)
     }
 

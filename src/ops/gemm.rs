@@ -132,13 +132,20 @@ impl Gemm {
     /// dW = xᵀ·dy they are the bias gradient. The 8-lane kernel adds them
     /// up while it reads B for a transposed A; otherwise a reduction does.
     pub fn run_summing_b(&self, gpu: &Gpu, a: &Tensor, b: &Tensor, c: &Tensor) -> Result<Tensor> {
+        ensure!(
+            b.len() == self.k * self.n,
+            "gemm: B holds {} values, summing its columns needs exactly {}x{}",
+            b.len(),
+            self.k,
+            self.n
+        );
         if self.sg8_layout(gpu) == Some(false) {
             let sums = gpu.empty(&[self.n])?;
             self.encode(gpu, [a, b, c], None, Some(&sums))?;
             return Ok(sums);
         }
         self.run(gpu, a, b, None, c)?;
-        column_sums(gpu, &b.reshape(&[b.len()]), self.n)
+        column_sums(gpu, b, self.n)
     }
 
     /// `operands` = [a, b, c].
@@ -179,24 +186,10 @@ impl Gemm {
                 bias.len()
             );
         }
-        let dummy;
-        let bias_t = match bias {
-            Some(b) => b,
-            None => {
-                dummy = gpu.dummy()?;
-                &dummy
-            }
-        };
-        let bindings = [(1, a), (2, b), (3, bias_t), (4, c)];
+        let dummy = gpu.dummy()?;
+        let bindings = [(1, a), (2, b), (3, bias.unwrap_or(&dummy)), (4, c)];
         if let Some(rows_layout) = self.sg8_layout(gpu) {
-            let sink;
-            let sums = match b_sums {
-                Some(t) => t,
-                None => {
-                    sink = gpu.sink()?;
-                    &sink
-                }
-            };
+            let sink = gpu.sink()?;
             let col_blocks = n.div_ceil(SG8_COLS);
             let tiles = m.div_ceil(SG8_ROWS) * col_blocks;
             let params = Sg8Params {
@@ -222,7 +215,7 @@ impl Gemm {
                     bindings[1],
                     bindings[2],
                     bindings[3],
-                    (5, sums),
+                    (5, b_sums.unwrap_or(&sink)),
                 ],
                 tiles as u32,
             );
