@@ -7,7 +7,7 @@ fn main() -> anyhow::Result<()> {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(5);
-    let gpu = wgfer::Gpu::new(None)?;
-    wgfer::bench::run(&gpu, 64, 256, reps, true)?;
+    let gpu = wgfer::engine::Gpu::new(None)?;
+    wgfer::fer::bench::run(&gpu, 64, 256, reps, true)?;
     Ok(())
 }

@@ -1,28 +1,10 @@
-//! wgfer: a deep-learning engine on wgpu with hand-written WGSL kernels,
-//! and the tutorial ResNet that reads facial expressions from FER-2013.
+//! wgfer: a deep-learning engine on wgpu with hand-written WGSL kernels
+//! (`engine`), and the facial-expression tool built on it (`fer`).
 //!
-//! Data flows one way: `data` (CSV) → `augment` → batches uploaded to the GPU
-//! → `model` records on the `tape` → `ops` (WGSL kernels) → `optim` (Adam) →
-//! metrics, `checkpoint`s and `report` pictures.
+//! Data flows one way: `fer::data` (CSV) → `fer::augment` → batches uploaded
+//! to the GPU → `fer::model` records on the `engine::tape` → `engine::ops`
+//! (WGSL kernels) → `engine::optim` (Adam) → metrics, `fer::checkpoint`s and
+//! `fer::report` pictures.
 
-pub mod augment;
-pub mod bench;
-pub mod checkpoint;
-pub mod data;
-pub mod eval;
-pub mod fuzzing;
-pub mod gpu;
-pub mod image_input;
-pub mod model;
-pub mod nn;
-pub mod ops;
-pub mod optim;
-pub mod predict;
-pub mod report;
-pub mod tape;
-pub mod tensor;
-pub mod train;
-pub mod trainer;
-
-pub use gpu::{Gpu, Shader};
-pub use tensor::Tensor;
+pub mod engine;
+pub mod fer;

@@ -7,7 +7,7 @@ mod common;
 use std::path::Path;
 
 use common::{s, sample_csv, temp_dir, text, wgfer};
-use wgfer::checkpoint;
+use wgfer::fer::checkpoint;
 
 /// A command that must fail cleanly: non-zero exit, a message containing
 /// `needle`, and no panic.
@@ -345,8 +345,8 @@ fn weights_that_do_not_fit_the_model_are_refused() {
     let dir = temp_dir("weights");
     let data = sample_csv();
     // A file whose conv1 kernel has the wrong shape, the rest right.
-    let arch = wgfer::model::Architecture::resnet(5);
-    let (t, m) = wgfer::model::initial_values(&arch, 0);
+    let arch = wgfer::fer::model::Architecture::resnet(5);
+    let (t, m) = wgfer::fer::model::initial_values(&arch, 0);
     let mut tensors: Vec<checkpoint::NamedTensor> = arch
         .params
         .iter()

@@ -31,12 +31,12 @@ fn replay(target: &str, run: fn(&[u8])) {
 
 #[test]
 fn csv_corpus_never_panics() {
-    replay("csv", wgfer::fuzzing::csv);
+    replay("csv", wgfer::fer::fuzzing::csv);
 }
 
 #[test]
 fn weights_corpus_never_panics() {
-    replay("weights", wgfer::fuzzing::weights);
+    replay("weights", wgfer::fer::fuzzing::weights);
 }
 
 #[test]
@@ -44,9 +44,10 @@ fn the_seed_corpora_reach_the_success_paths() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds");
     let good = std::fs::read(root.join("weights/good.safetensors")).unwrap();
     let w =
-        wgfer::checkpoint::load_bytes(&good, "good", &wgfer::fuzzing::expected_weights()).unwrap();
+        wgfer::fer::checkpoint::load_bytes(&good, "good", &wgfer::fer::fuzzing::expected_weights())
+            .unwrap();
     assert_eq!(w.tensors[1].data, [0.0, 1.0, 2.0]);
     let csv = std::fs::read(root.join("csv/kaggle.csv")).unwrap();
-    let ds = wgfer::data::read_csv(&csv[..], "kaggle.csv", &Default::default()).unwrap();
+    let ds = wgfer::fer::data::read_csv(&csv[..], "kaggle.csv", &Default::default()).unwrap();
     assert_eq!((ds.len(), ds.num_classes), (3, 7));
 }

@@ -22,10 +22,10 @@ use common::rng;
 use rand::RngExt;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
-use wgfer::ops::conv2d::{Conv2d, Padding};
-use wgfer::ops::dense::Dense;
-use wgfer::ops::pool::Pool2d;
-use wgfer::ops::{batchnorm, conv2d, dense, elementwise, pool, reduce, softmax_xent};
+use wgfer::engine::ops::conv2d::{Conv2d, Padding};
+use wgfer::engine::ops::dense::Dense;
+use wgfer::engine::ops::pool::Pool2d;
+use wgfer::engine::ops::{batchnorm, conv2d, dense, elementwise, pool, reduce, softmax_xent};
 
 const H: f64 = 1e-6;
 const TOLERANCE: f64 = 1e-6;

@@ -6,13 +6,15 @@ mod common;
 
 use common::*;
 use rand::rngs::StdRng;
-use wgfer::Gpu;
-use wgfer::ops::batchnorm::{BatchNorm, BnParams};
-use wgfer::ops::conv2d::{Conv2d, Padding};
-use wgfer::ops::dense::Dense;
-use wgfer::ops::gemm::{Gemm, Strides};
-use wgfer::ops::pool::Pool2d;
-use wgfer::ops::{adam, batchnorm, conv2d, dense, elementwise, gemm, pool, reduce, softmax_xent};
+use wgfer::engine::Gpu;
+use wgfer::engine::ops::batchnorm::{BatchNorm, BnParams};
+use wgfer::engine::ops::conv2d::{Conv2d, Padding};
+use wgfer::engine::ops::dense::Dense;
+use wgfer::engine::ops::gemm::{Gemm, Strides};
+use wgfer::engine::ops::pool::Pool2d;
+use wgfer::engine::ops::{
+    adam, batchnorm, conv2d, dense, elementwise, gemm, pool, reduce, softmax_xent,
+};
 
 /// (input NHWC, cout, kernel, stride, padding)
 fn conv_cases() -> Vec<([usize; 4], usize, usize, usize, Padding)> {
@@ -712,15 +714,15 @@ fn work_beyond_the_adapter_limits_is_refused_with_the_limit_named() {
         .to_string();
     assert!(e.contains("max_compute_workgroups_per_dimension"), "{e}");
     // A batch whose activations would not fit is refused before training.
-    let arch = wgfer::model::Architecture::resnet(5);
-    let e = wgfer::train::check_limits(&gpu, &arch, 1 << 20)
+    let arch = wgfer::fer::model::Architecture::resnet(5);
+    let e = wgfer::fer::train::check_limits(&gpu, &arch, 1 << 20)
         .unwrap_err()
         .to_string();
     assert!(
         e.contains("max_storage_buffer_binding_size") && e.contains("--batch-size"),
         "{e}"
     );
-    assert!(wgfer::train::check_limits(&gpu, &arch, 64).is_ok());
+    assert!(wgfer::fer::train::check_limits(&gpu, &arch, 64).is_ok());
 }
 
 #[test]

@@ -3,8 +3,8 @@
 
 mod common;
 
-use wgfer::model::{Architecture, Model};
-use wgfer::tape::Tape;
+use wgfer::engine::tape::Tape;
+use wgfer::fer::model::{Architecture, Model};
 
 #[test]
 fn parameter_count_matches_keras() {
@@ -88,7 +88,7 @@ fn summary_prints_the_totals() {
 #[test]
 fn initial_weights_follow_keras() {
     let arch = Architecture::resnet(5);
-    let (t, m) = wgfer::model::initial_values(&arch, 7);
+    let (t, m) = wgfer::fer::model::initial_values(&arch, 7);
     let p = arch
         .params
         .iter()
@@ -131,7 +131,7 @@ fn forward_gives_a_probability_row_per_image() {
         assert_eq!(logits.shape(), [3, 5]);
         let p = common::read(
             &gpu,
-            &wgfer::ops::softmax_xent::softmax(&gpu, &logits).unwrap(),
+            &wgfer::engine::ops::softmax_xent::softmax(&gpu, &logits).unwrap(),
         );
         for row in p.chunks(5) {
             approx::assert_relative_eq!(row.iter().sum::<f32>(), 1.0, epsilon = 1e-5);

@@ -10,7 +10,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use common::{s, sample_csv, temp_dir, text, wgfer};
-use wgfer::checkpoint;
+use wgfer::fer::checkpoint;
 
 /// A short run's arguments: 300 faces, batches of 16, 3 steps an epoch.
 fn short_run(data: &Path, out: &Path, epochs: usize) -> Vec<String> {
@@ -154,7 +154,7 @@ fn a_run_killed_at_any_instant_leaves_loadable_files_and_resumes() {
                 "resume after a kill at {delay} ms failed:\n{}",
                 text(&o)
             );
-            let expected = wgfer::model::Architecture::resnet(5).params.len();
+            let expected = wgfer::fer::model::Architecture::resnet(5).params.len();
             assert_eq!(
                 tensors(&out.join("last.safetensors")).len(),
                 expected,

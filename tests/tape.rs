@@ -8,17 +8,17 @@ mod common;
 use common::*;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
-use wgfer::data::PIXELS;
-use wgfer::model::{Architecture, Model};
-use wgfer::ops::adam::{self, AdamConfig};
-use wgfer::ops::batchnorm::{self, BnParams};
-use wgfer::ops::conv2d::{self, Conv2d, Padding};
-use wgfer::ops::dense::{self, Dense};
-use wgfer::ops::pool::{self, Pool2d};
-use wgfer::ops::{elementwise, reduce, softmax_xent};
-use wgfer::tape::Tape;
-use wgfer::trainer::Trainer;
-use wgfer::{Gpu, Tensor, nn};
+use wgfer::engine::ops::adam::{self, AdamConfig};
+use wgfer::engine::ops::batchnorm::{self, BnParams};
+use wgfer::engine::ops::conv2d::{self, Conv2d, Padding};
+use wgfer::engine::ops::dense::{self, Dense};
+use wgfer::engine::ops::pool::{self, Pool2d};
+use wgfer::engine::ops::{elementwise, reduce, softmax_xent};
+use wgfer::engine::tape::Tape;
+use wgfer::engine::{Gpu, Tensor, nn};
+use wgfer::fer::data::PIXELS;
+use wgfer::fer::model::{Architecture, Model};
+use wgfer::fer::trainer::Trainer;
 
 fn one_hot(rng: &mut StdRng, n: usize, k: usize) -> Vec<f32> {
     let mut t = vec![0.0; n * k];

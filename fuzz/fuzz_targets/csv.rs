@@ -4,5 +4,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    wgfer::fuzzing::csv(data);
+    wgfer::fer::fuzzing::csv(data);
 });

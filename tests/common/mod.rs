@@ -3,7 +3,7 @@
 
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
-use wgfer::{Gpu, Tensor};
+use wgfer::engine::{Gpu, Tensor};
 
 /// A GPU context that poisons every op output with NaN, so an element a
 /// kernel forgets to write makes the comparison fail.

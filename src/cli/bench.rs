@@ -1,0 +1,37 @@
+//! `wgfer bench`: every kernel at the model's shapes, the training step and inference.
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+
+use super::open_gpu;
+use wgfer::fer::bench;
+
+/// Time every kernel at the model's shapes, a training step and inference.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Training batch size.
+    #[arg(long, default_value_t = 64)]
+    batch_size: usize,
+    /// Inference batch size.
+    #[arg(long, default_value_t = 256)]
+    infer_batch_size: usize,
+    /// Timed repetitions per figure (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    reps: usize,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+    /// Adapter to use: a case-insensitive part of its name (see `wgfer info`).
+    #[arg(long, value_name = "NAME")]
+    adapter: Option<String>,
+}
+
+pub fn run(a: Args) -> Result<ExitCode> {
+    let gpu = open_gpu(a.adapter.as_deref())?;
+    let report = bench::run(&gpu, a.batch_size, a.infer_batch_size, a.reps, !a.json)?;
+    if a.json {
+        println!("{}", report.to_json());
+    }
+    Ok(ExitCode::SUCCESS)
+}

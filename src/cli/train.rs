@@ -1,0 +1,146 @@
+//! `wgfer train`: train the tutorial's ResNet, or resume a run.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+
+use anyhow::{Context, Result};
+
+use wgfer::fer::data;
+use wgfer::fer::train::{self, RunConfig, TrainRequest};
+
+/// Train the tutorial's ResNet with its recipe (Adam, batch 64, 20 epochs, augmentation).
+///
+/// Writes into DIR: best.safetensors (lowest validation loss), last.safetensors,
+/// resume.safetensors (everything needed to continue), config.json, history.csv,
+/// history.png, samples.png, and after training test_metrics.json, confusion.png
+/// and predictions.png for the test split. Ctrl-C saves and stops; --resume DIR continues.
+#[derive(clap::Args)]
+pub struct Args {
+    /// The CSV: `emotion, pixels` (the tutorial's file) or Kaggle's fer2013.csv with a Usage column.
+    #[arg(long, value_name = "FILE", required_unless_present = "resume")]
+    data: Option<PathBuf>,
+    /// The run directory for weights, history and pictures.
+    #[arg(long, value_name = "DIR", required_unless_present = "resume")]
+    out: Option<PathBuf>,
+    /// Continue the interrupted (or finished, with more --epochs) run in DIR.
+    #[arg(long, value_name = "DIR", conflicts_with = "out")]
+    resume: Option<PathBuf>,
+    /// Overwrite a run already in --out.
+    #[arg(long)]
+    force: bool,
+    /// Training epochs.
+    #[arg(long, default_value_t = 20)]
+    epochs: usize,
+    /// Images per training step.
+    #[arg(long, default_value_t = 64)]
+    batch_size: usize,
+    /// Adam's learning rate (Keras' default).
+    #[arg(long, default_value_t = 1e-3)]
+    lr: f32,
+    /// Seed of the split, the initial weights, the data order and the augmentation.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Stop after this many epochs without a better validation loss.
+    #[arg(long, default_value_t = 20)]
+    patience: usize,
+    /// Halve the learning rate after N epochs without a better validation
+    /// loss (Keras' ReduceLROnPlateau; down to 1e-5). Off by default, as in the tutorial.
+    #[arg(long, value_name = "N")]
+    reduce_lr_patience: Option<usize>,
+    /// Train on the images as they are (no rotation, shift, shear or zoom).
+    #[arg(long)]
+    no_augment: bool,
+    /// Also mirror images at random (off in the tutorial).
+    #[arg(long)]
+    flip: bool,
+    /// Number of classes (default: from the data: 5 for the tutorial's file, 7 for fer2013.csv).
+    #[arg(long)]
+    classes: Option<usize>,
+    /// Class names, comma-separated (default: the tutorial's five or FER-2013's seven).
+    #[arg(long, value_name = "A,B,...")]
+    class_names: Option<String>,
+    /// Skip (and count) malformed CSV rows instead of stopping at the first.
+    #[arg(long)]
+    skip_bad_rows: bool,
+    /// Read at most this many rows of the CSV.
+    #[arg(long, value_name = "N")]
+    limit: Option<usize>,
+    /// At most this many steps per epoch (for quick runs).
+    #[arg(long, value_name = "N")]
+    steps_per_epoch: Option<usize>,
+    /// Adapter to use: a case-insensitive part of its name (see `wgfer info`).
+    #[arg(long, value_name = "NAME")]
+    adapter: Option<String>,
+    /// Print nothing but errors.
+    #[arg(long, short)]
+    quiet: bool,
+    /// Testing aid: behave as if Ctrl-C came after N steps.
+    #[arg(long, value_name = "N", hide = true)]
+    interrupt_after: Option<usize>,
+}
+
+impl Args {
+    /// The run's settings from the flags; None when resuming without --data.
+    fn config(&self) -> Result<Option<RunConfig>> {
+        let class_names = match (&self.class_names, self.classes) {
+            (Some(s), Some(n)) => data::parse_class_names(s, n)?,
+            (Some(s), None) => s.split(',').map(|c| c.trim().to_string()).collect(),
+            _ => vec![],
+        };
+        Ok(self.data.clone().map(|data| RunConfig {
+            data,
+            epochs: self.epochs,
+            batch_size: self.batch_size,
+            lr: self.lr,
+            seed: self.seed,
+            patience: self.patience,
+            augment: !self.no_augment,
+            flip: self.flip,
+            classes: self
+                .classes
+                .or((!class_names.is_empty()).then_some(class_names.len())),
+            class_names,
+            skip_bad_rows: self.skip_bad_rows,
+            limit: self.limit,
+            steps_per_epoch: self.steps_per_epoch,
+            reduce_lr_patience: self.reduce_lr_patience,
+        }))
+    }
+}
+
+pub fn run(a: Args) -> Result<ExitCode> {
+    let config = a.config()?;
+    let resuming = a.resume.is_some();
+    let epochs_given = std::env::args().any(|s| s == "--epochs" || s.starts_with("--epochs="));
+    install_ctrlc()?;
+    let outcome = train::run(TrainRequest {
+        out: a
+            .resume
+            .or(a.out)
+            .context("--out or --resume is required")?,
+        config,
+        resume: resuming,
+        force: a.force,
+        adapter: a.adapter,
+        quiet: a.quiet,
+        epochs_override: (resuming && epochs_given).then_some(a.epochs),
+        interrupt_after: a.interrupt_after,
+    })?;
+    Ok(match outcome {
+        train::Outcome::Finished { .. } => ExitCode::SUCCESS,
+        train::Outcome::Interrupted => ExitCode::from(130),
+    })
+}
+
+/// The first Ctrl-C asks the loop to save and stop; a second quits at once.
+fn install_ctrlc() -> Result<()> {
+    ctrlc::set_handler(|| {
+        if train::INTERRUPTED.swap(true, Ordering::Relaxed) {
+            eprintln!("\ninterrupted twice: exiting without saving");
+            std::process::exit(130);
+        }
+        eprintln!("\ninterrupt: saving after this step (press Ctrl-C again to quit at once)");
+    })
+    .context("cannot install the Ctrl-C handler")
+}

@@ -1,0 +1,291 @@
+//! Batch normalisation of NHWC activations seen as [m, c] (m = n·h·w), with
+//! Keras' semantics and defaults (epsilon 1e-3, momentum 0.99).
+
+use std::sync::Arc;
+
+use anyhow::{Result, ensure};
+use bytemuck::{Pod, Zeroable};
+
+use crate::engine::gpu::Kernel;
+use crate::engine::ops::ShaderPair;
+use crate::engine::ops::reduce::{Chunks, Sum, add_up_chunks, column_partials};
+use crate::engine::ops::shader_pair;
+use crate::engine::{Gpu, Tensor};
+
+const SHADERS: ShaderPair = shader_pair!("batchnorm", "../../../shaders/batchnorm.wgsl");
+const ROWS: usize = 32;
+
+pub const EPSILON: f32 = 1e-3;
+pub const MOMENTUM: f32 = 0.99;
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Params {
+    m: u32,
+    c: u32,
+    eps: f32,
+    momentum: f32,
+    chunks: u32,
+    rows_per_chunk: u32,
+    pad: [u32; 2],
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct BatchNorm {
+    /// Channels (the last dimension).
+    pub c: usize,
+    /// Followed by a ReLU, fused into these kernels.
+    pub relu: bool,
+    pub eps: f32,
+    pub momentum: f32,
+}
+
+/// The learned and tracked per-channel values of one batch-norm layer.
+pub struct BnParams<'a> {
+    pub gamma: &'a Tensor,
+    pub beta: &'a Tensor,
+    pub moving_mean: &'a Tensor,
+    pub moving_var: &'a Tensor,
+}
+
+pub struct BnGrads {
+    pub dx: Tensor,
+    pub dgamma: Tensor,
+    pub dbeta: Tensor,
+}
+
+impl BatchNorm {
+    pub fn new(c: usize) -> Self {
+        BatchNorm {
+            c,
+            relu: false,
+            eps: EPSILON,
+            momentum: MOMENTUM,
+        }
+    }
+
+    /// Channels in the kernels' units: vec4s when c % 4 == 0.
+    fn cv(&self) -> usize {
+        if self.c.is_multiple_of(4) {
+            self.c / 4
+        } else {
+            self.c
+        }
+    }
+
+    /// Batch norm followed by a ReLU: one pass forward, and the ReLU's
+    /// backward folded into the batch norm's.
+    pub fn with_relu(c: usize) -> Self {
+        BatchNorm {
+            relu: true,
+            ..Self::new(c)
+        }
+    }
+
+    fn kernel(&self, gpu: &Gpu, entry: &str) -> Arc<Kernel> {
+        gpu.kernel(
+            SHADERS.pick(self.c.is_multiple_of(4)),
+            entry,
+            &[("RELU", self.relu as u32 as f64)],
+        )
+    }
+
+    /// Workgroups across the channels (32 lanes each).
+    fn groups(&self) -> u32 {
+        self.cv().div_ceil(32) as u32
+    }
+
+    fn params(&self, m: usize) -> Params {
+        let split = Chunks::of(m);
+        Params {
+            m: m as u32,
+            c: self.cv() as u32,
+            eps: self.eps,
+            momentum: self.momentum,
+            chunks: split.chunks as u32,
+            rows_per_chunk: split.rows_per_chunk as u32,
+            pad: [0; 2],
+        }
+    }
+
+    fn rows(&self, x: &Tensor) -> Result<usize> {
+        ensure!(
+            x.shape().last() == Some(&self.c),
+            "batch norm over {} channels got a tensor of shape {:?}",
+            self.c,
+            x.shape()
+        );
+        Ok(x.len() / self.c)
+    }
+
+    /// Training mode: normalise with the batch statistics and update the
+    /// moving averages in place. Returns y and the stats [mean | invstd]
+    /// that the backward pass needs.
+    pub fn forward_train(&self, gpu: &Gpu, x: &Tensor, p: &BnParams) -> Result<(Tensor, Tensor)> {
+        let m = self.rows(x)?;
+        let params = self.params(m);
+        let bytes = bytemuck::bytes_of(&params);
+        let groups = self.groups();
+        let stats = gpu.empty(&[2, self.c])?;
+        let (moments, split) = column_partials(gpu, Sum::Moments, x, None, None, None, self.c)?;
+        debug_assert_eq!(split, Chunks::of(m));
+        gpu.dispatch(
+            &self.kernel(gpu, "stats"),
+            bytes,
+            &[
+                (1, &moments),
+                (6, &stats),
+                (7, p.moving_mean),
+                (8, p.moving_var),
+            ],
+            groups,
+        )?;
+        let y = self.apply(gpu, x, &stats, p, m)?;
+        Ok((y, stats))
+    }
+
+    /// Inference mode: normalise with the moving averages.
+    pub fn forward_infer(&self, gpu: &Gpu, x: &Tensor, p: &BnParams) -> Result<Tensor> {
+        let m = self.rows(x)?;
+        let params = self.params(m);
+        let stats = gpu.empty(&[2, self.c])?;
+        gpu.dispatch(
+            &self.kernel(gpu, "from_moving"),
+            bytemuck::bytes_of(&params),
+            &[(1, p.moving_mean), (2, p.moving_var), (6, &stats)],
+            self.groups(),
+        )?;
+        self.apply(gpu, x, &stats, p, m)
+    }
+
+    fn apply(
+        &self,
+        gpu: &Gpu,
+        x: &Tensor,
+        stats: &Tensor,
+        p: &BnParams,
+        m: usize,
+    ) -> Result<Tensor> {
+        let y = gpu.empty(x.shape())?;
+        gpu.dispatch_xyz(
+            &self.kernel(gpu, "normalize"),
+            bytemuck::bytes_of(&self.params(m)),
+            &[(1, x), (2, stats), (3, p.gamma), (4, p.beta), (6, &y)],
+            [self.groups(), m.div_ceil(ROWS) as u32, 1],
+        )?;
+        Ok(y)
+    }
+
+    /// Gradients for x, gamma and beta (training-mode statistics). `dy` is
+    /// the gradient of this layer's output: after the ReLU when fused, and
+    /// then `y` is that output (it says where the ReLU passed the gradient).
+    pub fn backward(
+        &self,
+        gpu: &Gpu,
+        x: &Tensor,
+        y: &Tensor,
+        dy: &Tensor,
+        stats: &Tensor,
+        gamma: &Tensor,
+    ) -> Result<BnGrads> {
+        let m = self.rows(x)?;
+        let c = self.c;
+        let (mode, relu_out) = if self.relu {
+            (Sum::BatchNormReluBackward, Some(y))
+        } else {
+            (Sum::BatchNormBackward, None)
+        };
+        let (part, split) = column_partials(gpu, mode, x, Some(dy), Some(stats), relu_out, c)?;
+        let sums = add_up_chunks(gpu, &part, split, c)?;
+        let dx = gpu.empty(x.shape())?;
+        gpu.dispatch_xyz(
+            &self.kernel(gpu, "grad_input"),
+            bytemuck::bytes_of(&self.params(m)),
+            &[
+                (1, x),
+                (2, dy),
+                (3, stats),
+                (4, gamma),
+                (5, &sums),
+                (6, &dx),
+                (9, y),
+            ],
+            [self.groups(), m.div_ceil(ROWS) as u32, 1],
+        )?;
+        let dbeta = gpu.empty(&[c])?;
+        let dgamma = gpu.empty(&[c])?;
+        gpu.copy(&sums, 0, &dbeta, 0, c)?;
+        gpu.copy(&sums, c, &dgamma, 0, c)?;
+        Ok(BnGrads { dx, dgamma, dbeta })
+    }
+}
+
+/// CPU references (f64), rows × channels.
+pub mod cpu {
+    /// Returns (y, mean, biased variance).
+    pub fn forward_train(
+        x: &[f64],
+        c: usize,
+        gamma: &[f64],
+        beta: &[f64],
+        eps: f64,
+    ) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+        let m = x.len() / c;
+        let mut mean = vec![0.0; c];
+        let mut var = vec![0.0; c];
+        for (i, v) in x.iter().enumerate() {
+            mean[i % c] += v / m as f64;
+        }
+        for (i, v) in x.iter().enumerate() {
+            var[i % c] += (v - mean[i % c]).powi(2) / m as f64;
+        }
+        let y = normalize(x, c, &mean, &var, gamma, beta, eps);
+        (y, mean, var)
+    }
+
+    pub fn normalize(
+        x: &[f64],
+        c: usize,
+        mean: &[f64],
+        var: &[f64],
+        gamma: &[f64],
+        beta: &[f64],
+        eps: f64,
+    ) -> Vec<f64> {
+        x.iter()
+            .enumerate()
+            .map(|(i, v)| {
+                let j = i % c;
+                (v - mean[j]) / (var[j] + eps).sqrt() * gamma[j] + beta[j]
+            })
+            .collect()
+    }
+
+    /// Returns (dx, dgamma, dbeta) for training-mode batch norm.
+    pub fn backward(
+        x: &[f64],
+        dy: &[f64],
+        c: usize,
+        gamma: &[f64],
+        eps: f64,
+    ) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+        let m = (x.len() / c) as f64;
+        let ones = vec![1.0; c];
+        let zeros = vec![0.0; c];
+        let (xhat, mean, var) = forward_train(x, c, &ones, &zeros, eps);
+        let _ = mean;
+        let mut dbeta = vec![0.0; c];
+        let mut dgamma = vec![0.0; c];
+        for i in 0..x.len() {
+            dbeta[i % c] += dy[i];
+            dgamma[i % c] += dy[i] * xhat[i];
+        }
+        let dx = (0..x.len())
+            .map(|i| {
+                let j = i % c;
+                gamma[j] / (var[j] + eps).sqrt() * (dy[i] - dbeta[j] / m - xhat[i] * dgamma[j] / m)
+            })
+            .collect();
+        (dx, dgamma, dbeta)
+    }
+}

@@ -1,0 +1,425 @@
+//! 2-D convolution of NHWC activations with kernels [kh, kw, cin, cout]
+//! (Keras' layout) and a bias, as a matrix product over im2col columns:
+//! `y[m, co] = Σ_k cols[m, k] · W[k, co] + b[co]`, m = (n, oy, ox), k = (ky, kx, ci).
+//! A 1×1, stride-1, unpadded convolution needs no im2col: x already is cols.
+
+use anyhow::{Result, bail, ensure};
+use bytemuck::{Pod, Zeroable};
+
+use crate::engine::ops::ShaderPair;
+use crate::engine::ops::gemm::{Gemm, Strides};
+use crate::engine::ops::reduce::column_sums;
+use crate::engine::ops::shader_pair;
+use crate::engine::{Gpu, Tensor};
+
+const SHADERS: ShaderPair = shader_pair!(
+    "conv2d",
+    "../../../shaders/common.wgsl",
+    "../../../shaders/conv2d.wgsl"
+);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Padding {
+    /// No padding.
+    Valid,
+    /// Keras 'same': output size ceil(in / stride), the odd pixel of padding at the bottom/right.
+    Same,
+    /// This many zeros on every side.
+    Zeros(usize),
+}
+
+/// The geometry of one convolution.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conv2d {
+    pub n: usize,
+    pub h: usize,
+    pub w: usize,
+    pub cin: usize,
+    pub cout: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub stride: usize,
+    pub pad_top: usize,
+    pub pad_left: usize,
+    pub oh: usize,
+    pub ow: usize,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Params {
+    n: u32,
+    h: u32,
+    w: u32,
+    cin: u32,
+    oh: u32,
+    ow: u32,
+    kh: u32,
+    kw: u32,
+    stride: u32,
+    pad_top: u32,
+    pad_left: u32,
+    k: u32,
+    ld: u32,
+    pad: [u32; 3],
+}
+
+fn out_size(input: usize, k: usize, stride: usize, padding: Padding) -> Result<(usize, usize)> {
+    Ok(match padding {
+        Padding::Valid => {
+            ensure!(
+                input >= k,
+                "a {k}-wide kernel does not fit a {input}-wide input without padding"
+            );
+            ((input - k) / stride + 1, 0)
+        }
+        Padding::Same => {
+            let out = input.div_ceil(stride);
+            let total = ((out - 1) * stride + k).saturating_sub(input);
+            (out, total / 2)
+        }
+        Padding::Zeros(p) => {
+            ensure!(
+                input + 2 * p >= k,
+                "a {k}-wide kernel does not fit a {input}-wide input padded by {p}"
+            );
+            ((input + 2 * p - k) / stride + 1, p)
+        }
+    })
+}
+
+impl Conv2d {
+    /// `input` is [n, h, w, cin].
+    pub fn new(
+        input: &[usize],
+        cout: usize,
+        kernel: [usize; 2],
+        stride: usize,
+        padding: Padding,
+    ) -> Result<Self> {
+        let &[n, h, w, cin] = input else {
+            bail!("conv2d expects an NHWC input, got shape {input:?}")
+        };
+        ensure!(
+            n > 0 && h > 0 && w > 0 && cin > 0 && cout > 0,
+            "conv2d: empty shape {input:?} -> {cout}"
+        );
+        ensure!(
+            stride > 0 && kernel[0] > 0 && kernel[1] > 0,
+            "conv2d: kernel and stride must be positive"
+        );
+        let (oh, pad_top) = out_size(h, kernel[0], stride, padding)?;
+        let (ow, pad_left) = out_size(w, kernel[1], stride, padding)?;
+        let c = Conv2d {
+            n,
+            h,
+            w,
+            cin,
+            cout,
+            kh: kernel[0],
+            kw: kernel[1],
+            stride,
+            pad_top,
+            pad_left,
+            oh,
+            ow,
+        };
+        // divmod in the kernels is exact below 2^24.
+        ensure!(
+            c.ow * c.k() < 1 << 24 && c.w * c.cin < 1 << 24,
+            "conv2d: image rows too wide: {c:?}"
+        );
+        Ok(c)
+    }
+
+    /// The same convolution computing only its top-left `oh × ow` outputs:
+    /// all that a following unpadded max-pool reads when the map does not
+    /// divide evenly (5×5 → 2×2 reads 4×4). The model's 1×1 convolutions
+    /// before such pools then skip up to a third of their work, and the
+    /// gradients are unchanged: the skipped outputs have none.
+    pub fn cropped(self, oh: usize, ow: usize) -> Result<Self> {
+        ensure!(
+            (1..=self.oh).contains(&oh) && (1..=self.ow).contains(&ow),
+            "conv2d: cannot crop a {}x{} output to {oh}x{ow}",
+            self.oh,
+            self.ow
+        );
+        Ok(Conv2d { oh, ow, ..self })
+    }
+
+    /// Rows of the matrix product: output pixels.
+    pub fn m(&self) -> usize {
+        self.n * self.oh * self.ow
+    }
+
+    /// Depth of the matrix product: kernel taps × input channels.
+    pub fn k(&self) -> usize {
+        self.kh * self.kw * self.cin
+    }
+
+    /// Channels per kernel element: im2col and col2im move vec4s of input
+    /// channels when cin % 4 == 0.
+    fn width(&self) -> usize {
+        if self.cin.is_multiple_of(4) { 4 } else { 1 }
+    }
+
+    /// Row length of the im2col matrix: k rounded up to whole vec4s (zeros
+    /// past k), so the product can read its rows as vec4s.
+    pub fn ld(&self) -> usize {
+        if self.is_pointwise() {
+            self.k()
+        } else {
+            self.k().div_ceil(4) * 4
+        }
+    }
+
+    pub fn output_shape(&self) -> [usize; 4] {
+        [self.n, self.oh, self.ow, self.cout]
+    }
+
+    pub fn weight_shape(&self) -> [usize; 4] {
+        [self.kh, self.kw, self.cin, self.cout]
+    }
+
+    /// True when x itself is the im2col matrix.
+    pub fn is_pointwise(&self) -> bool {
+        self.kh == 1
+            && self.kw == 1
+            && self.stride == 1
+            && self.pad_top == 0
+            && self.pad_left == 0
+            && (self.oh, self.ow) == (self.h, self.w)
+    }
+
+    pub fn flops(&self) -> f64 {
+        2.0 * (self.m() * self.k() * self.cout) as f64
+    }
+
+    fn params(&self) -> Params {
+        Params {
+            n: self.n as u32,
+            h: self.h as u32,
+            w: self.w as u32,
+            cin: (self.cin / self.width()) as u32,
+            oh: self.oh as u32,
+            ow: self.ow as u32,
+            kh: self.kh as u32,
+            kw: self.kw as u32,
+            stride: self.stride as u32,
+            pad_top: self.pad_top as u32,
+            pad_left: self.pad_left as u32,
+            k: (self.k() / self.width()) as u32,
+            ld: (self.ld() / self.width()) as u32,
+            pad: [0; 3],
+        }
+    }
+
+    /// The im2col matrix [m, k] of x (x itself when pointwise).
+    pub fn im2col(&self, gpu: &Gpu, x: &Tensor) -> Result<Tensor> {
+        ensure!(
+            x.shape() == [self.n, self.h, self.w, self.cin],
+            "conv2d: input {:?} for {self:?}",
+            x.shape()
+        );
+        if self.is_pointwise() {
+            return Ok(x.clone());
+        }
+        let cols = gpu.empty(&[self.m(), self.ld()])?;
+        // Both kernels fill one vec4 of a cols row per invocation (ld % 4 == 0):
+        // `im2col` over vec4s of channels, `im2col_x4` over four taps.
+        let (kernel, bindings) = if self.width() == 4 {
+            (
+                gpu.kernel(&SHADERS.vec4, "im2col", &[]),
+                [(1, x), (2, &cols)],
+            )
+        } else {
+            (
+                gpu.kernel(&SHADERS.scalar, "im2col_x4", &[]),
+                [(3, x), (4, &cols)],
+            )
+        };
+        let grid = [
+            (self.ow * self.ld() / 4).div_ceil(64) as u32,
+            self.oh as u32,
+            self.n as u32,
+        ];
+        gpu.dispatch_xyz(&kernel, bytemuck::bytes_of(&self.params()), &bindings, grid)?;
+        Ok(cols)
+    }
+
+    /// y = conv(x, w) + b. Returns y and the im2col matrix (kept for grad_weight).
+    pub fn forward(
+        &self,
+        gpu: &Gpu,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+    ) -> Result<(Tensor, Tensor)> {
+        ensure!(
+            w.shape() == self.weight_shape(),
+            "conv2d: kernel {:?}, expected {:?}",
+            w.shape(),
+            self.weight_shape()
+        );
+        let cols = self.im2col(gpu, x)?;
+        let y = gpu.empty(&self.output_shape())?;
+        let g = Gemm {
+            a_padded: true,
+            ..Gemm::new(self.m(), self.cout, self.k(), Strides::rows(self.ld()))
+        };
+        g.run(gpu, &cols, w, Some(b), &y)?;
+        Ok((y, cols))
+    }
+
+    /// dx from dy: dcols = dy · Wᵀ, then col2im.
+    pub fn grad_input(&self, gpu: &Gpu, dy: &Tensor, w: &Tensor) -> Result<Tensor> {
+        let (k, cout) = (self.k(), self.cout);
+        // Wᵀ [cout, k] so that the product reads it row by row.
+        let wt = transpose(gpu, w, k, cout)?;
+        let dcols = gpu.empty(&[self.m(), k])?;
+        let g = Gemm::new(self.m(), k, cout, Strides::rows(cout));
+        g.run(gpu, dy, &wt, None, &dcols)?;
+        if self.is_pointwise() {
+            return Ok(dcols.reshape(&[self.n, self.h, self.w, self.cin]));
+        }
+        let dx = gpu.empty(&[self.n, self.h, self.w, self.cin])?;
+        let col2im = gpu.kernel(SHADERS.pick(self.width() == 4), "col2im", &[]);
+        let grid = [
+            (self.w * self.cin / self.width()).div_ceil(64) as u32,
+            self.h as u32,
+            self.n as u32,
+        ];
+        gpu.dispatch_xyz(
+            &col2im,
+            bytemuck::bytes_of(&self.params()),
+            &[(1, &dcols), (2, &dx)],
+            grid,
+        )?;
+        Ok(dx)
+    }
+
+    /// dW = colsᵀ · dy, shaped [kh, kw, cin, cout].
+    pub fn grad_weight(&self, gpu: &Gpu, cols: &Tensor, dy: &Tensor) -> Result<Tensor> {
+        let dw = gpu.empty(&self.weight_shape())?;
+        self.weight_product().run(gpu, cols, dy, None, &dw)?;
+        Ok(dw)
+    }
+
+    /// dW and db together: the product sums dy's columns as it reads them
+    /// where it can (see `Gemm::run_summing_b`), saving the bias reduction.
+    pub fn grad_weight_and_bias(
+        &self,
+        gpu: &Gpu,
+        cols: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Tensor, Tensor)> {
+        let dw = gpu.empty(&self.weight_shape())?;
+        let db = self.weight_product().run_summing_b(gpu, cols, dy, &dw)?;
+        Ok((dw, db))
+    }
+
+    /// colsᵀ · dy: the product behind dW.
+    fn weight_product(&self) -> Gemm {
+        Gemm::new(
+            self.k(),
+            self.cout,
+            self.m(),
+            Strides::transposed(self.ld()),
+        )
+    }
+
+    /// db = Σ over output pixels of dy.
+    pub fn grad_bias(&self, gpu: &Gpu, dy: &Tensor) -> Result<Tensor> {
+        column_sums(gpu, dy, self.cout)
+    }
+}
+
+/// A row-major [rows, cols] matrix transposed to [cols, rows].
+pub fn transpose(gpu: &Gpu, x: &Tensor, rows: usize, cols: usize) -> Result<Tensor> {
+    ensure!(
+        x.len() == rows * cols,
+        "transpose: {:?} is not {rows}x{cols}",
+        x.shape()
+    );
+    let out = gpu.empty(&[cols, rows])?;
+    let params = Params {
+        h: rows as u32,
+        w: cols as u32,
+        ..Params::zeroed()
+    };
+    let k = gpu.kernel(&SHADERS.scalar, "transpose", &[]);
+    gpu.dispatch_xyz(
+        &k,
+        bytemuck::bytes_of(&params),
+        &[(1, x), (2, &out)],
+        [cols.div_ceil(64) as u32, rows as u32, 1],
+    )?;
+    Ok(out)
+}
+
+/// CPU references (f64), same layouts.
+pub mod cpu {
+    use super::Conv2d;
+
+    /// Calls f(m, k, x_index) for every (output pixel, tap) that reads x.
+    fn taps(c: &Conv2d, mut f: impl FnMut(usize, usize, usize)) {
+        for n in 0..c.n {
+            for oy in 0..c.oh {
+                for ox in 0..c.ow {
+                    let m = (n * c.oh + oy) * c.ow + ox;
+                    for ky in 0..c.kh {
+                        for kx in 0..c.kw {
+                            let iy = (oy * c.stride + ky) as isize - c.pad_top as isize;
+                            let ix = (ox * c.stride + kx) as isize - c.pad_left as isize;
+                            if iy < 0 || ix < 0 || iy >= c.h as isize || ix >= c.w as isize {
+                                continue;
+                            }
+                            for ci in 0..c.cin {
+                                let k = (ky * c.kw + kx) * c.cin + ci;
+                                f(
+                                    m,
+                                    k,
+                                    ((n * c.h + iy as usize) * c.w + ix as usize) * c.cin + ci,
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    pub fn forward(c: &Conv2d, x: &[f64], w: &[f64], b: &[f64]) -> Vec<f64> {
+        let mut y: Vec<f64> = (0..c.m() * c.cout).map(|i| b[i % c.cout]).collect();
+        taps(c, |m, k, xi| {
+            for co in 0..c.cout {
+                y[m * c.cout + co] += x[xi] * w[k * c.cout + co];
+            }
+        });
+        y
+    }
+
+    pub fn grad_input(c: &Conv2d, dy: &[f64], w: &[f64]) -> Vec<f64> {
+        let mut dx = vec![0.0; c.n * c.h * c.w * c.cin];
+        taps(c, |m, k, xi| {
+            for co in 0..c.cout {
+                dx[xi] += dy[m * c.cout + co] * w[k * c.cout + co];
+            }
+        });
+        dx
+    }
+
+    pub fn grad_weight(c: &Conv2d, x: &[f64], dy: &[f64]) -> Vec<f64> {
+        let mut dw = vec![0.0; c.k() * c.cout];
+        taps(c, |m, k, xi| {
+            for co in 0..c.cout {
+                dw[k * c.cout + co] += x[xi] * dy[m * c.cout + co];
+            }
+        });
+        dw
+    }
+
+    pub fn grad_bias(c: &Conv2d, dy: &[f64]) -> Vec<f64> {
+        crate::engine::ops::reduce::cpu_column_sums(dy, c.cout)
+    }
+}

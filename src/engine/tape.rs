@@ -1,0 +1,112 @@
+//! The autograd tape.
+//!
+//! Differentiable ops (`nn::*`) run their forward kernel at once and record a
+//! node: which tensors went in, which came out, and a closure that turns the
+//! output's gradient into the inputs' gradients. `backward` walks the nodes in
+//! reverse, calls each closure, and sums gradients that reach the same tensor
+//! twice (a residual shortcut feeds two paths). Only tensors that lead to a
+//! watched parameter take part, so inputs such as the image cost nothing.
+
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
+
+use anyhow::Result;
+
+use crate::engine::ops::elementwise;
+use crate::engine::{Gpu, Tensor};
+
+/// Gradients of the inputs that need one, in input order.
+pub type Backward = Box<dyn FnOnce(&Gpu, &Tensor, &[bool]) -> Result<Vec<Option<Tensor>>>>;
+
+struct Node {
+    inputs: Vec<u64>,
+    output: u64,
+    backward: Backward,
+}
+
+pub struct Tape {
+    gpu: Gpu,
+    nodes: RefCell<Vec<Node>>,
+    /// Tensors whose gradient is wanted or leads to one that is.
+    tracked: RefCell<HashSet<u64>>,
+}
+
+/// Gradients by tensor id, of the watched tensors.
+pub struct Grads(HashMap<u64, Tensor>);
+
+impl Grads {
+    pub fn get(&self, t: &Tensor) -> Option<&Tensor> {
+        self.0.get(&t.id())
+    }
+}
+
+impl Tape {
+    pub fn new(gpu: &Gpu) -> Self {
+        Tape {
+            gpu: gpu.clone(),
+            nodes: RefCell::default(),
+            tracked: RefCell::default(),
+        }
+    }
+
+    pub fn gpu(&self) -> &Gpu {
+        &self.gpu
+    }
+
+    /// Ask for the gradient of a leaf tensor (a parameter).
+    pub fn watch(&self, t: &Tensor) {
+        self.tracked.borrow_mut().insert(t.id());
+    }
+
+    pub fn is_tracked(&self, t: &Tensor) -> bool {
+        self.tracked.borrow().contains(&t.id())
+    }
+
+    /// Record `output = op(inputs)`. Nothing is kept when no input is tracked
+    /// (inference, or a branch that leads to no parameter).
+    pub fn record(
+        &self,
+        inputs: &[&Tensor],
+        output: &Tensor,
+        backward: impl FnOnce(&Gpu, &Tensor, &[bool]) -> Result<Vec<Option<Tensor>>> + 'static,
+    ) {
+        if !inputs.iter().any(|t| self.is_tracked(t)) {
+            return;
+        }
+        self.tracked.borrow_mut().insert(output.id());
+        self.nodes.borrow_mut().push(Node {
+            inputs: inputs.iter().map(|t| t.id()).collect(),
+            output: output.id(),
+            backward: Box::new(backward),
+        });
+    }
+
+    /// Back-propagate from `output`, whose gradient is `seed`. Returns the
+    /// gradients of the watched leaves.
+    pub fn backward(self, output: &Tensor, seed: Tensor) -> Result<Grads> {
+        let tracked = self.tracked.into_inner();
+        let mut nodes = self.nodes.into_inner();
+        let mut grads: HashMap<u64, Tensor> = HashMap::from([(output.id(), seed)]);
+        let produced: HashSet<u64> = nodes.iter().map(|n| n.output).collect();
+        while let Some(node) = nodes.pop() {
+            // An intermediate's gradient is complete once its producer is reached.
+            let Some(dy) = grads.remove(&node.output) else {
+                continue;
+            };
+            let needs: Vec<bool> = node.inputs.iter().map(|id| tracked.contains(id)).collect();
+            let dxs = (node.backward)(&self.gpu, &dy, &needs)?;
+            for ((id, dx), need) in node.inputs.iter().zip(dxs).zip(needs) {
+                let Some(dx) = dx.filter(|_| need) else {
+                    continue;
+                };
+                let sum = match grads.remove(id) {
+                    Some(g) => elementwise::add(&self.gpu, &g, &dx.reshape(g.shape()))?,
+                    None => dx,
+                };
+                grads.insert(*id, sum);
+            }
+        }
+        grads.retain(|id, _| !produced.contains(id));
+        Ok(Grads(grads))
+    }
+}

@@ -1,0 +1,165 @@
+//! Evaluation: loss, accuracy, per-class precision / recall / F1 and the
+//! confusion matrix of a model on a labelled set, as a table or JSON.
+
+use anyhow::Result;
+use serde_json::json;
+
+use crate::fer::data::Dataset;
+use crate::fer::model::Model;
+use crate::fer::trainer::predict;
+
+/// Inference batch size: large batches amortise per-dispatch costs.
+pub const EVAL_BATCH: usize = 256;
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ClassStats {
+    pub precision: f64,
+    pub recall: f64,
+    pub f1: f64,
+    pub support: u64,
+}
+
+#[derive(Clone, Debug)]
+pub struct Evaluation {
+    pub n: usize,
+    /// Mean categorical cross-entropy (probabilities clipped like Keras).
+    pub loss: f64,
+    pub accuracy: f64,
+    pub class_names: Vec<String>,
+    /// Rows = true class, columns = predicted.
+    pub confusion: Vec<Vec<u64>>,
+    pub per_class: Vec<ClassStats>,
+    pub predictions: Vec<usize>,
+    /// n × classes.
+    pub probabilities: Vec<f32>,
+}
+
+/// Metrics from probabilities and labels.
+pub fn score(probs: &[f32], labels: &[u8], class_names: &[String]) -> Evaluation {
+    let k = class_names.len();
+    let n = labels.len();
+    let mut confusion = vec![vec![0u64; k]; k];
+    let mut loss = 0.0;
+    let mut predictions = Vec::with_capacity(n);
+    for (row, &label) in probs.chunks(k).zip(labels) {
+        let pred = (0..k).fold(0, |b, j| if row[j] > row[b] { j } else { b });
+        predictions.push(pred);
+        confusion[label as usize][pred] += 1;
+        loss -= (row[label as usize] as f64).clamp(1e-7, 1.0 - 1e-7).ln();
+    }
+    let correct: u64 = (0..k).map(|i| confusion[i][i]).sum();
+    let per_class = (0..k)
+        .map(|c| {
+            let tp = confusion[c][c] as f64;
+            let support: u64 = confusion[c].iter().sum();
+            let predicted: u64 = (0..k).map(|r| confusion[r][c]).sum();
+            let precision = if predicted > 0 {
+                tp / predicted as f64
+            } else {
+                0.0
+            };
+            let recall = if support > 0 {
+                tp / support as f64
+            } else {
+                0.0
+            };
+            let f1 = if precision + recall > 0.0 {
+                2.0 * precision * recall / (precision + recall)
+            } else {
+                0.0
+            };
+            ClassStats {
+                precision,
+                recall,
+                f1,
+                support,
+            }
+        })
+        .collect();
+    Evaluation {
+        n,
+        loss: if n > 0 { loss / n as f64 } else { f64::NAN },
+        accuracy: if n > 0 {
+            correct as f64 / n as f64
+        } else {
+            f64::NAN
+        },
+        class_names: class_names.to_vec(),
+        confusion,
+        per_class,
+        predictions,
+        probabilities: probs.to_vec(),
+    }
+}
+
+/// Run the model over a dataset and score it.
+pub fn evaluate(
+    model: &Model,
+    ds: &Dataset,
+    class_names: &[String],
+    tta_flip: bool,
+) -> Result<Evaluation> {
+    let probs = predict(model, &ds.pixels, EVAL_BATCH, tta_flip)?;
+    Ok(score(&probs, &ds.labels, class_names))
+}
+
+impl Evaluation {
+    pub fn to_json(&self) -> serde_json::Value {
+        json!({
+            "n": self.n,
+            "loss": self.loss,
+            "accuracy": self.accuracy,
+            "classes": self.class_names,
+            "confusion": self.confusion,
+            "per_class": self.class_names.iter().zip(&self.per_class).map(|(name, s)| json!({
+                "class": name,
+                "precision": s.precision,
+                "recall": s.recall,
+                "f1": s.f1,
+                "support": s.support,
+            })).collect::<Vec<_>>(),
+        })
+    }
+
+    /// A human-readable report: totals, per-class table, confusion matrix.
+    pub fn table(&self) -> String {
+        let w = self
+            .class_names
+            .iter()
+            .map(String::len)
+            .max()
+            .unwrap_or(5)
+            .max(9);
+        let mut s = format!(
+            "n {}   loss {:.4}   accuracy {:.4} ({:.1} %)\n\n",
+            self.n,
+            self.loss,
+            self.accuracy,
+            100.0 * self.accuracy
+        );
+        s += &format!("{:<w$}  precision  recall     f1  support\n", "class");
+        for (name, c) in self.class_names.iter().zip(&self.per_class) {
+            s += &format!(
+                "{name:<w$}  {:9.3}  {:6.3}  {:5.3}  {:7}\n",
+                c.precision, c.recall, c.f1, c.support
+            );
+        }
+        s += &format!("\nconfusion (rows = true, columns = predicted)\n{:<w$}", "");
+        for name in &self.class_names {
+            s += &format!(" {:>9}", truncate(name, 9));
+        }
+        s += "\n";
+        for (name, row) in self.class_names.iter().zip(&self.confusion) {
+            s += &format!("{name:<w$}");
+            for v in row {
+                s += &format!(" {v:>9}");
+            }
+            s += "\n";
+        }
+        s
+    }
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    s.chars().take(n).collect()
+}

@@ -1,0 +1,16 @@
+//! The facial-expression tool built on the engine: FER-2013 data and its
+//! augmentation, the tutorial's ResNet, the training loop, checkpoints,
+//! evaluation, prediction, benchmarks and report pictures.
+
+pub mod augment;
+pub mod bench;
+pub mod checkpoint;
+pub mod data;
+pub mod eval;
+pub mod fuzzing;
+pub mod image_input;
+pub mod model;
+pub mod predict;
+pub mod report;
+pub mod train;
+pub mod trainer;

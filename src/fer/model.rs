@@ -1,0 +1,760 @@
+//! The tutorial's ResNet ("Resnet18" in the Keras tutorial), as data: a list
+//! of layers in Keras' creation order, each naming the layer(s) it reads.
+//! `forward` walks the list; `summary` prints it as Keras' `model.summary()`.
+//! Parameters live in two flat GPU vectors (trainable, and the batch-norm
+//! moving statistics) so that Adam is one dispatch and a checkpoint is two
+//! read-backs.
+
+use std::collections::HashMap;
+
+use anyhow::{Result, bail, ensure};
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+
+use crate::engine::nn;
+use crate::engine::ops::batchnorm::BnParams;
+use crate::engine::ops::conv2d::{Conv2d, Padding};
+use crate::engine::optim::ParamSet;
+use crate::engine::tape::Tape;
+use crate::engine::{Gpu, Tensor};
+use crate::fer::data::SIDE;
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Op {
+    Input,
+    /// Folded into the convolution that reads it (the tensor passes unpadded).
+    ZeroPad(usize),
+    Conv {
+        filters: usize,
+        kernel: usize,
+        stride: usize,
+        padding: Padding,
+    },
+    BatchNorm,
+    Relu,
+    MaxPool {
+        size: usize,
+        stride: usize,
+    },
+    AvgPool {
+        size: usize,
+        stride: usize,
+    },
+    Add,
+    Flatten,
+    Dense {
+        units: usize,
+    },
+}
+
+impl Op {
+    /// Keras' class name, for the summary.
+    pub fn keras_type(&self) -> &'static str {
+        match self {
+            Op::Input => "InputLayer",
+            Op::ZeroPad(_) => "ZeroPadding2D",
+            Op::Conv { .. } => "Conv2D",
+            Op::BatchNorm => "BatchNormalization",
+            Op::Relu => "Activation",
+            Op::MaxPool { .. } => "MaxPooling2D",
+            Op::AvgPool { .. } => "AveragePooling2D",
+            Op::Add => "Add",
+            Op::Flatten => "Flatten",
+            Op::Dense { .. } => "Dense",
+        }
+    }
+
+    /// The default layer-name stem Keras gives this class.
+    fn keras_stem(&self) -> &'static str {
+        match self {
+            Op::Input => "input",
+            Op::ZeroPad(_) => "zero_padding2d",
+            Op::Conv { .. } => "conv2d",
+            Op::BatchNorm => "batch_normalization",
+            Op::Relu => "activation",
+            Op::MaxPool { .. } => "max_pooling2d",
+            Op::AvgPool { .. } => "average_pooling2d",
+            Op::Add => "add",
+            Op::Flatten => "flatten",
+            Op::Dense { .. } => "dense",
+        }
+    }
+}
+
+/// Where one named parameter tensor lives.
+#[derive(Clone, Debug)]
+pub struct ParamInfo {
+    /// `<layer>.kernel`, `.bias`, `.gamma`, `.beta`, `.moving_mean`, `.moving_variance`.
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub trainable: bool,
+    /// Offset in the trainable or the moving-statistics vector (elements).
+    pub offset: usize,
+}
+
+impl ParamInfo {
+    pub fn len(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Layer {
+    pub name: String,
+    pub op: Op,
+    pub inputs: Vec<usize>,
+    /// Per image (no batch axis), e.g. [24, 24, 64] or [5].
+    pub output_shape: Vec<usize>,
+    /// Indices into `Architecture::params`.
+    pub params: Vec<usize>,
+}
+
+/// The layer graph and the parameter layout, with no GPU state.
+#[derive(Clone, Debug)]
+pub struct Architecture {
+    pub layers: Vec<Layer>,
+    pub params: Vec<ParamInfo>,
+    pub num_classes: usize,
+    /// Lengths of the two flat vectors (with alignment padding).
+    pub trainable_len: usize,
+    pub moving_len: usize,
+}
+
+/// Views into flat vectors must start on 256-byte boundaries to be bound.
+const ALIGN: usize = 64;
+
+struct Builder {
+    arch: Architecture,
+    counts: HashMap<&'static str, usize>,
+}
+
+impl Builder {
+    fn layer(&mut self, name: Option<String>, op: Op, inputs: &[usize]) -> usize {
+        let name = name.unwrap_or_else(|| {
+            let stem = op.keras_stem();
+            let n = self.counts.entry(stem).or_default();
+            let name = if *n == 0 {
+                stem.to_string()
+            } else {
+                format!("{stem}_{n}")
+            };
+            *n += 1;
+            name
+        });
+        let input_shape = inputs
+            .first()
+            .map(|&i| self.arch.layers[i].output_shape.clone())
+            .unwrap_or_default();
+        let (output_shape, params) = match &op {
+            Op::Input => (vec![SIDE, SIDE, 1], vec![]),
+            Op::ZeroPad(p) => (
+                vec![
+                    input_shape[0] + 2 * p,
+                    input_shape[1] + 2 * p,
+                    input_shape[2],
+                ],
+                vec![],
+            ),
+            Op::Conv {
+                filters,
+                kernel,
+                stride,
+                padding,
+            } => {
+                let [h, w, c] = input_shape[..] else {
+                    unreachable!("conv input is HWC")
+                };
+                let size = |x: usize| match padding {
+                    Padding::Valid => (x - kernel) / stride + 1,
+                    Padding::Same => x.div_ceil(*stride),
+                    Padding::Zeros(p) => (x + 2 * p - kernel) / stride + 1,
+                };
+                (
+                    vec![size(h), size(w), *filters],
+                    vec![
+                        (".kernel", vec![*kernel, *kernel, c, *filters], true),
+                        (".bias", vec![*filters], true),
+                    ],
+                )
+            }
+            Op::BatchNorm => {
+                let c = *input_shape.last().unwrap();
+                let params = [
+                    (".gamma", true),
+                    (".beta", true),
+                    (".moving_mean", false),
+                    (".moving_variance", false),
+                ];
+                (
+                    input_shape.clone(),
+                    params.iter().map(|(s, t)| (*s, vec![c], *t)).collect(),
+                )
+            }
+            Op::Relu | Op::Add => (input_shape.clone(), vec![]),
+            Op::MaxPool { size, stride } | Op::AvgPool { size, stride } => {
+                let [h, w, c] = input_shape[..] else {
+                    unreachable!("pool input is HWC")
+                };
+                (
+                    vec![(h - size) / stride + 1, (w - size) / stride + 1, c],
+                    vec![],
+                )
+            }
+            Op::Flatten => (vec![input_shape.iter().product()], vec![]),
+            Op::Dense { units } => (
+                vec![*units],
+                vec![
+                    (".kernel", vec![input_shape[0], *units], true),
+                    (".bias", vec![*units], true),
+                ],
+            ),
+        };
+        let mut indices = vec![];
+        for (suffix, shape, trainable) in params {
+            let len: usize = shape.iter().product();
+            let slot = if trainable {
+                &mut self.arch.trainable_len
+            } else {
+                &mut self.arch.moving_len
+            };
+            let offset = *slot;
+            *slot += len.div_ceil(ALIGN) * ALIGN;
+            indices.push(self.arch.params.len());
+            self.arch.params.push(ParamInfo {
+                name: format!("{name}{suffix}"),
+                shape,
+                trainable,
+                offset,
+            });
+        }
+        self.arch.layers.push(Layer {
+            name,
+            op,
+            inputs: inputs.to_vec(),
+            output_shape,
+            params: indices,
+        });
+        self.arch.layers.len() - 1
+    }
+
+    fn conv(
+        &mut self,
+        name: String,
+        x: usize,
+        filters: usize,
+        kernel: usize,
+        padding: Padding,
+    ) -> usize {
+        self.layer(
+            Some(name),
+            Op::Conv {
+                filters,
+                kernel,
+                stride: 1,
+                padding,
+            },
+            &[x],
+        )
+    }
+
+    fn bn(&mut self, name: String, x: usize) -> usize {
+        self.layer(Some(name), Op::BatchNorm, &[x])
+    }
+
+    fn relu(&mut self, x: usize) -> usize {
+        self.layer(None, Op::Relu, &[x])
+    }
+
+    /// The tutorial's `res_block`: a convolution block and two identity blocks.
+    fn res_block(&mut self, x: usize, filters: [usize; 3], stage: usize) -> usize {
+        let [f1, f2, f3] = filters;
+        let n = |s: &str| format!("res_{stage}_{s}");
+        let b = |s: &str| format!("bn_{stage}_{s}");
+        let copy = x;
+        let mut x = self.conv(n("conv_a"), x, f1, 1, Padding::Valid);
+        x = self.layer(None, Op::MaxPool { size: 2, stride: 2 }, &[x]);
+        x = self.bn(b("conv_a"), x);
+        x = self.relu(x);
+        x = self.conv(n("conv_b"), x, f2, 3, Padding::Same);
+        x = self.bn(b("conv_b"), x);
+        x = self.relu(x);
+        x = self.conv(n("conv_c"), x, f3, 1, Padding::Valid);
+        x = self.bn(b("conv_c"), x);
+        let mut s = self.conv(n("conv_copy"), copy, f3, 1, Padding::Valid);
+        s = self.layer(None, Op::MaxPool { size: 2, stride: 2 }, &[s]);
+        s = self.bn(b("conv_copy"), s);
+        x = self.layer(None, Op::Add, &[x, s]);
+        x = self.relu(x);
+        for k in 1..=2 {
+            let copy = x;
+            let id = |s: &str| format!("identity_{k}_{s}");
+            x = self.conv(n(&id("a")), x, f1, 1, Padding::Valid);
+            x = self.bn(b(&id("a")), x);
+            x = self.relu(x);
+            x = self.conv(n(&id("b")), x, f2, 3, Padding::Same);
+            x = self.bn(b(&id("b")), x);
+            x = self.relu(x);
+            x = self.conv(n(&id("c")), x, f3, 1, Padding::Valid);
+            x = self.bn(b(&id("c")), x);
+            x = self.layer(None, Op::Add, &[x, copy]);
+            x = self.relu(x);
+        }
+        x
+    }
+}
+
+impl Architecture {
+    /// The tutorial's model for `num_classes` classes (5 in the tutorial).
+    pub fn resnet(num_classes: usize) -> Architecture {
+        let mut b = Builder {
+            arch: Architecture {
+                layers: vec![],
+                params: vec![],
+                num_classes,
+                trainable_len: 0,
+                moving_len: 0,
+            },
+            counts: HashMap::new(),
+        };
+        let input = b.layer(Some("input_1".into()), Op::Input, &[]);
+        let pad = b.layer(None, Op::ZeroPad(3), &[input]);
+        let mut x = b.layer(
+            Some("conv1".into()),
+            Op::Conv {
+                filters: 64,
+                kernel: 7,
+                stride: 2,
+                padding: Padding::Valid,
+            },
+            &[pad],
+        );
+        x = b.bn("bn_conv1".into(), x);
+        x = b.relu(x);
+        x = b.layer(None, Op::MaxPool { size: 3, stride: 2 }, &[x]);
+        x = b.res_block(x, [64, 64, 256], 2);
+        x = b.res_block(x, [128, 128, 512], 3);
+        x = b.layer(
+            Some("Averagea_Pooling".into()),
+            Op::AvgPool { size: 2, stride: 2 },
+            &[x],
+        );
+        x = b.layer(None, Op::Flatten, &[x]);
+        b.layer(
+            Some("Dense_final".into()),
+            Op::Dense { units: num_classes },
+            &[x],
+        );
+        b.arch
+    }
+
+    /// The padding a convolution applies: a conv reading a ZeroPadding2D
+    /// layer pads itself (the padding layer passes its input through).
+    pub fn conv_padding(&self, conv: &Layer, own: Padding) -> Padding {
+        match self.layers[conv.inputs[0]].op {
+            Op::ZeroPad(p) => Padding::Zeros(p),
+            _ => own,
+        }
+    }
+
+    /// The part of convolution layer `i`'s output that the forward pass
+    /// computes: all of it, except before an unpadded max-pool (its only
+    /// reader) that leaves the last rows and columns unread, as the pools
+    /// after the 1×1 convolutions of the convolution blocks do (11×11 → 5×5
+    /// reads 10×10). See `Conv2d::cropped`.
+    pub fn conv_output_used(&self, i: usize) -> [usize; 2] {
+        let layer = &self.layers[i];
+        let full = [layer.output_shape[0], layer.output_shape[1]];
+        let readers: Vec<&Layer> = self
+            .layers
+            .iter()
+            .filter(|l| l.inputs.contains(&i))
+            .collect();
+        match readers[..] {
+            [pool] => match pool.op {
+                Op::MaxPool { size, stride } => {
+                    let read = |out: usize| (out - 1) * stride + size;
+                    [read(pool.output_shape[0]), read(pool.output_shape[1])]
+                }
+                _ => full,
+            },
+            _ => full,
+        }
+    }
+
+    /// True when layer `i` is a ReLU whose only input is a batch norm that
+    /// nothing else reads: the two run as one fused op.
+    pub fn relu_fused_into(&self, i: usize) -> bool {
+        let Some(layer) = self.layers.get(i) else {
+            return false;
+        };
+        let [bn] = layer.inputs[..] else { return false };
+        layer.op == Op::Relu
+            && self.layers[bn].op == Op::BatchNorm
+            && self
+                .layers
+                .iter()
+                .filter(|l| l.inputs.contains(&bn))
+                .count()
+                == 1
+    }
+
+    pub fn param_count(&self) -> (usize, usize) {
+        let trainable = self
+            .params
+            .iter()
+            .filter(|p| p.trainable)
+            .map(ParamInfo::len)
+            .sum();
+        let frozen = self
+            .params
+            .iter()
+            .filter(|p| !p.trainable)
+            .map(ParamInfo::len)
+            .sum();
+        (trainable, frozen)
+    }
+
+    /// Keras' `model.summary()`.
+    pub fn summary(&self) -> String {
+        let line = "=".repeat(86);
+        let thin = "_".repeat(86);
+        let mut s = format!("Model: \"Resnet18\"\n{thin}\n");
+        s += &format!(
+            " {:<40}{:<24}{:>10}   {}\n{line}\n",
+            "Layer (type)", "Output Shape", "Param #", "Connected to"
+        );
+        for layer in &self.layers {
+            let shape = format!(
+                "(None, {})",
+                layer
+                    .output_shape
+                    .iter()
+                    .map(|d| d.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            let count: usize = layer.params.iter().map(|&i| self.params[i].len()).sum();
+            let from: Vec<&str> = layer
+                .inputs
+                .iter()
+                .map(|&i| self.layers[i].name.as_str())
+                .collect();
+            let name = format!("{} ({})", layer.name, layer.op.keras_type());
+            s += &format!(" {name:<40}{shape:<24}{count:>10}   {}\n", from.join(", "));
+        }
+        let (trainable, frozen) = self.param_count();
+        s += &format!(
+            "{line}\nTotal params: {}\nTrainable params: {}\nNon-trainable params: {}\n{thin}\n",
+            group(trainable + frozen),
+            group(trainable),
+            group(frozen)
+        );
+        s
+    }
+}
+
+/// 1174021 -> "1,174,021".
+pub fn group(n: usize) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, ch) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(ch);
+    }
+    out
+}
+
+/// The model on the GPU: architecture plus its parameter vectors and views.
+pub struct Model {
+    pub arch: Architecture,
+    pub gpu: Gpu,
+    /// All trainable parameters, one flat vector (Adam's domain).
+    pub trainable: Tensor,
+    /// The batch-norm moving means and variances.
+    pub moving: Tensor,
+    /// One view per `arch.params` entry.
+    pub views: Vec<Tensor>,
+}
+
+impl Model {
+    /// A freshly initialised model: Glorot-uniform kernels, zero biases,
+    /// gamma one, beta zero, moving mean zero, moving variance one (Keras).
+    pub fn new(gpu: &Gpu, arch: Architecture, seed: u64) -> Result<Model> {
+        let (trainable, moving) = initial_values(&arch, seed);
+        Self::from_values(gpu, arch, &trainable, &moving)
+    }
+
+    /// A model with the given flat vectors (e.g. from a checkpoint).
+    pub fn from_values(
+        gpu: &Gpu,
+        arch: Architecture,
+        trainable: &[f32],
+        moving: &[f32],
+    ) -> Result<Model> {
+        ensure!(
+            trainable.len() == arch.trainable_len && moving.len() == arch.moving_len,
+            "parameter vectors have the wrong length"
+        );
+        // Padded so that the last view can be bound as whole vec4s.
+        let t = gpu.persistent(arch.trainable_len + 4)?;
+        let m = gpu.persistent(arch.moving_len + 4)?;
+        let mut tv = trainable.to_vec();
+        tv.resize(arch.trainable_len + 4, 0.0);
+        let mut mv = moving.to_vec();
+        mv.resize(arch.moving_len + 4, 0.0);
+        gpu.write(&t, &tv)?;
+        gpu.write(&m, &mv)?;
+        let views = arch
+            .params
+            .iter()
+            .map(|p| (if p.trainable { &t } else { &m }).view(p.offset, &p.shape))
+            .collect();
+        Ok(Model {
+            arch,
+            gpu: gpu.clone(),
+            trainable: t,
+            moving: m,
+            views,
+        })
+    }
+
+    /// The trainable parameters as the optimizer sees them.
+    pub fn param_set(&self) -> ParamSet<'_> {
+        ParamSet {
+            flat: &self.trainable,
+            views: self
+                .trainable_views()
+                .map(|(p, v)| (p.name.as_str(), p.offset, v))
+                .collect(),
+        }
+    }
+
+    /// The trainable parameter views (what the tape watches).
+    pub fn trainable_views(&self) -> impl Iterator<Item = (&ParamInfo, &Tensor)> {
+        self.arch
+            .params
+            .iter()
+            .zip(&self.views)
+            .filter(|(p, _)| p.trainable)
+    }
+
+    fn param(&self, layer: &Layer, i: usize) -> &Tensor {
+        &self.views[layer.params[i]]
+    }
+
+    /// Logits [n, classes] for images [n, 48, 48, 1] (NHWC, values in [0, 1]).
+    /// `training`: batch-norm on batch statistics (and moving averages updated).
+    pub fn forward(&self, tape: &Tape, images: &Tensor, training: bool) -> Result<Tensor> {
+        let n = images.shape()[0];
+        ensure!(
+            images.shape() == [n, SIDE, SIDE, 1],
+            "the model takes images [n, {SIDE}, {SIDE}, 1], got {:?}",
+            images.shape()
+        );
+        let mut out: Vec<Option<Tensor>> = vec![None; self.arch.layers.len()];
+        for (i, layer) in self.arch.layers.iter().enumerate() {
+            let input = |k: usize| out[layer.inputs[k]].clone().expect("layers are in order");
+            let y = match &layer.op {
+                Op::Input => images.clone(),
+                Op::ZeroPad(_) => input(0),
+                Op::Conv {
+                    stride, padding, ..
+                } => {
+                    let (x, w) = (input(0), self.param(layer, 0));
+                    let ws = w.shape();
+                    let [oh, ow] = self.arch.conv_output_used(i);
+                    let conv = Conv2d::new(
+                        x.shape(),
+                        ws[3],
+                        [ws[0], ws[1]],
+                        *stride,
+                        self.arch.conv_padding(layer, *padding),
+                    )?
+                    .cropped(oh, ow)?;
+                    nn::conv2d_as(tape, conv, &x, w, self.param(layer, 1))?
+                }
+                Op::BatchNorm => {
+                    let p = BnParams {
+                        gamma: self.param(layer, 0),
+                        beta: self.param(layer, 1),
+                        moving_mean: self.param(layer, 2),
+                        moving_var: self.param(layer, 3),
+                    };
+                    if self.arch.relu_fused_into(i + 1) {
+                        nn::batch_norm_relu(tape, &input(0), &p, training)?
+                    } else {
+                        nn::batch_norm(tape, &input(0), &p, training)?
+                    }
+                }
+                // Already applied by the batch norm it follows.
+                Op::Relu if self.arch.relu_fused_into(i) => input(0),
+                Op::Relu => nn::relu(tape, &input(0))?,
+                Op::MaxPool { size, stride } => nn::max_pool(tape, &input(0), *size, *stride)?,
+                Op::AvgPool { size, stride } => nn::avg_pool(tape, &input(0), *size, *stride)?,
+                Op::Add => nn::add(tape, &input(0), &input(1))?,
+                Op::Flatten => {
+                    let x = input(0);
+                    x.reshape(&[n, x.len() / n])
+                }
+                Op::Dense { .. } => {
+                    nn::dense(tape, &input(0), self.param(layer, 0), self.param(layer, 1))?
+                }
+            };
+            out[i] = Some(y);
+            // Free what no later layer reads, so the pool can reuse it.
+            for (j, slot) in out.iter_mut().enumerate().take(i) {
+                if slot.is_some()
+                    && !self.arch.layers[i + 1..]
+                        .iter()
+                        .any(|l| l.inputs.contains(&j))
+                {
+                    *slot = None;
+                }
+            }
+        }
+        match out.pop().flatten() {
+            Some(logits) => Ok(logits),
+            None => bail!("the model has no layers"),
+        }
+    }
+
+    /// Both flat vectors read back to the host.
+    pub fn read_values(&self) -> Result<(Vec<f32>, Vec<f32>)> {
+        let mut t = self.gpu.read(&self.trainable)?;
+        let mut m = self.gpu.read(&self.moving)?;
+        t.truncate(self.arch.trainable_len);
+        m.truncate(self.arch.moving_len);
+        Ok((t, m))
+    }
+}
+
+/// Keras' initial values, drawn from `seed`.
+pub fn initial_values(arch: &Architecture, seed: u64) -> (Vec<f32>, Vec<f32>) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut trainable = vec![0.0; arch.trainable_len];
+    let mut moving = vec![0.0; arch.moving_len];
+    for p in &arch.params {
+        let (vec, range) = if p.trainable {
+            (&mut trainable, p.offset..p.offset + p.len())
+        } else {
+            (&mut moving, p.offset..p.offset + p.len())
+        };
+        let dst = &mut vec[range];
+        if p.name.ends_with(".kernel") {
+            // Glorot uniform: fans count the receptive field (kh·kw·in, kh·kw·out).
+            let receptive: usize = p.shape[..p.shape.len() - 2].iter().product();
+            let fan_in = receptive * p.shape[p.shape.len() - 2];
+            let fan_out = receptive * p.shape[p.shape.len() - 1];
+            let limit = (6.0 / (fan_in + fan_out) as f64).sqrt() as f32;
+            dst.iter_mut()
+                .for_each(|v| *v = rng.random_range(-limit..limit));
+        } else if p.name.ends_with(".gamma") || p.name.ends_with(".moving_variance") {
+            dst.fill(1.0);
+        }
+    }
+    (trainable, moving)
+}
+
+/// The metadata key holding the class names (a JSON list).
+pub const META_CLASSES: &str = "classes";
+
+impl Model {
+    /// Every parameter as a named tensor (Keras layouts), read back from the GPU.
+    pub fn named_tensors(&self) -> Result<Vec<crate::fer::checkpoint::NamedTensor>> {
+        let (t, m) = self.read_values()?;
+        Ok(self
+            .arch
+            .params
+            .iter()
+            .map(|p| {
+                let src = if p.trainable { &t } else { &m };
+                crate::fer::checkpoint::NamedTensor {
+                    name: p.name.clone(),
+                    shape: p.shape.clone(),
+                    data: src[p.offset..p.offset + p.len()].to_vec(),
+                }
+            })
+            .collect())
+    }
+
+    /// Save as safetensors (atomically) with the class names and input shape.
+    pub fn save(
+        &self,
+        path: &std::path::Path,
+        class_names: &[String],
+        extra: &[(&str, String)],
+    ) -> Result<()> {
+        let mut meta = std::collections::BTreeMap::new();
+        meta.insert("format".to_string(), "wgfer-1".to_string());
+        meta.insert(
+            "architecture".to_string(),
+            "Resnet18 (Keras Emotion AI tutorial)".to_string(),
+        );
+        meta.insert("input_shape".to_string(), format!("[{SIDE}, {SIDE}, 1]"));
+        meta.insert(
+            META_CLASSES.to_string(),
+            serde_json::to_string(class_names)?,
+        );
+        for (k, v) in extra {
+            meta.insert(k.to_string(), v.clone());
+        }
+        crate::fer::checkpoint::save(path, &self.named_tensors()?, &meta)
+    }
+
+    /// Load a weights file; the class count comes from its metadata (or from
+    /// the shape of `Dense_final.bias` for files converted from elsewhere).
+    /// Every tensor is checked against the model before the GPU sees any.
+    pub fn load(gpu: &Gpu, path: &std::path::Path) -> Result<(Model, Vec<String>)> {
+        let origin = path.display().to_string();
+        let bytes = std::fs::read(path)
+            .map_err(|e| anyhow::anyhow!("{origin}: cannot read the weights file: {e}"))?;
+        let (meta, shapes) = crate::fer::checkpoint::peek(&bytes, &origin)?;
+        let names: Option<Vec<String>> = match meta.get(META_CLASSES) {
+            Some(s) => Some(serde_json::from_str(s).map_err(|e| {
+                anyhow::anyhow!("{origin}: metadata `classes` is not a JSON list of names: {e}")
+            })?),
+            None => None,
+        };
+        let num_classes = match &names {
+            Some(n) => n.len(),
+            None => shapes
+                .iter()
+                .find(|(n, _)| n == "Dense_final.bias")
+                .and_then(|(_, s)| s.first().copied())
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "{origin}: no `classes` metadata and no `Dense_final.bias` tensor"
+                    )
+                })?,
+        };
+        ensure!(
+            (2..=256).contains(&num_classes),
+            "{origin}: {num_classes} classes is not a classifier wgfer can build"
+        );
+        let names = names.unwrap_or_else(|| crate::fer::data::default_class_names(num_classes));
+        let arch = Architecture::resnet(num_classes);
+        let expected: Vec<(String, Vec<usize>)> = arch
+            .params
+            .iter()
+            .map(|p| (p.name.clone(), p.shape.clone()))
+            .collect();
+        let weights = crate::fer::checkpoint::load_bytes(&bytes, &origin, &expected)?;
+        let mut trainable = vec![0.0; arch.trainable_len];
+        let mut moving = vec![0.0; arch.moving_len];
+        for (p, t) in arch.params.iter().zip(&weights.tensors) {
+            let dst = if p.trainable {
+                &mut trainable
+            } else {
+                &mut moving
+            };
+            dst[p.offset..p.offset + p.len()].copy_from_slice(&t.data);
+        }
+        Ok((Model::from_values(gpu, arch, &trainable, &moving)?, names))
+    }
+}

@@ -1,0 +1,153 @@
+//! One training step and batched inference on the GPU: the input buffers,
+//! the tape, the loss, Adam. A steady-state step allocates no GPU memory and
+//! reads back three numbers (loss, correct count, non-finite flag).
+
+use anyhow::{Result, ensure};
+
+use crate::engine::nn;
+use crate::engine::ops::adam::AdamConfig;
+use crate::engine::ops::softmax_xent;
+use crate::engine::optim::Adam;
+use crate::engine::tape::Tape;
+use crate::engine::{Gpu, Tensor};
+use crate::fer::data::{PIXELS, SIDE};
+use crate::fer::model::Model;
+
+/// A mean cross-entropy above this means the true class gets a probability
+/// of e^-10000 on average: the run has diverged even if every number is
+/// still finite (with softmax folded into the loss, logits of 1e9 give a
+/// finite, absurd loss rather than a NaN).
+pub const EXPLODED_LOSS: f32 = 1e4;
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepResult {
+    /// Mean cross-entropy of the batch (before the update).
+    pub loss: f32,
+    /// Correct predictions in the batch.
+    pub correct: usize,
+    /// False when the loss, a gradient or an updated parameter is NaN or
+    /// infinite, or the loss exploded past `EXPLODED_LOSS`.
+    pub finite: bool,
+}
+
+pub struct Trainer {
+    pub model: Model,
+    pub adam: Adam,
+    pub batch: usize,
+    images: Tensor,
+    targets: Tensor,
+    /// [loss, correct, flag] gathered for one read-back.
+    report: Tensor,
+    one: Tensor,
+}
+
+impl Trainer {
+    pub fn new(model: Model, batch: usize, config: AdamConfig) -> Result<Trainer> {
+        let gpu = model.gpu.clone();
+        ensure!(batch > 0, "the batch size must be at least 1");
+        let adam = Adam::new(&gpu, model.trainable.len(), config)?;
+        let classes = model.arch.num_classes;
+        let images = gpu
+            .persistent(batch * PIXELS)?
+            .reshape(&[batch, SIDE, SIDE, 1]);
+        let targets = gpu.persistent(batch * classes)?.reshape(&[batch, classes]);
+        let report = gpu.persistent(3)?;
+        let one = gpu.persistent(1)?;
+        gpu.write(&one, &[1.0])?;
+        Ok(Trainer {
+            model,
+            adam,
+            batch,
+            images,
+            targets,
+            report,
+            one,
+        })
+    }
+
+    pub fn gpu(&self) -> &Gpu {
+        &self.model.gpu
+    }
+
+    /// One step on `images` (batch × 2304 values in [0, 1]) and `labels`.
+    pub fn step(&mut self, images: &[f32], labels: &[u8]) -> Result<StepResult> {
+        let gpu = self.model.gpu.clone();
+        ensure!(
+            labels.len() == self.batch && images.len() == self.batch * PIXELS,
+            "a training batch must hold {} images",
+            self.batch
+        );
+        gpu.write(&self.images, images)?;
+        gpu.write(
+            &self.targets,
+            &one_hot(labels, self.model.arch.num_classes)?,
+        )?;
+        gpu.write(&self.adam.flag, &[0.0])?;
+        self.adam.prepare(&gpu)?;
+
+        let tape = Tape::new(&gpu);
+        for (_, view) in self.model.trainable_views() {
+            tape.watch(view);
+        }
+        let logits = self.model.forward(&tape, &self.images, true)?;
+        let (_, metrics) = nn::softmax_cross_entropy(&tape, &logits, &self.targets)?;
+        let grads = tape.backward(&metrics, self.one.clone())?;
+        self.adam.step(&gpu, &self.model.param_set(), &grads)?;
+        drop(grads);
+        gpu.copy(&metrics, 0, &self.report, 0, 2)?;
+        gpu.copy(&self.adam.flag, 0, &self.report, 2, 1)?;
+        let r = gpu.read(&self.report)?;
+        Ok(StepResult {
+            loss: r[0],
+            correct: r[1] as usize,
+            finite: r[2].to_bits() == 0 && r[0].is_finite() && r[0] <= EXPLODED_LOSS,
+        })
+    }
+}
+
+/// Class probabilities [n × classes] for u8 images (n × 2304), in batches,
+/// batch-norm on its moving statistics. `flip` averages each prediction with
+/// that of the mirrored image (test-time augmentation).
+pub fn predict(model: &Model, pixels: &[u8], batch: usize, flip: bool) -> Result<Vec<f32>> {
+    let n = pixels.len() / PIXELS;
+    let gpu = &model.gpu;
+    let mut probs = Vec::with_capacity(n * model.arch.num_classes);
+    let mut input = vec![0f32; batch.min(n.max(1)) * PIXELS];
+    for start in (0..n).step_by(batch.max(1)) {
+        let count = batch.min(n - start);
+        let chunk = &pixels[start * PIXELS..(start + count) * PIXELS];
+        let x = &mut input[..count * PIXELS];
+        crate::fer::augment::to_f32(chunk, x);
+        let mut p = infer(model, gpu, x, count)?;
+        if flip {
+            for img in x.chunks_mut(PIXELS) {
+                for row in img.chunks_mut(SIDE) {
+                    row.reverse();
+                }
+            }
+            let q = infer(model, gpu, x, count)?;
+            p.iter_mut().zip(q).for_each(|(a, b)| *a = 0.5 * (*a + b));
+        }
+        probs.extend(p);
+    }
+    Ok(probs)
+}
+
+fn infer(model: &Model, gpu: &Gpu, x: &[f32], count: usize) -> Result<Vec<f32>> {
+    let images = gpu.upload(&[count, SIDE, SIDE, 1], x)?;
+    let tape = Tape::new(gpu);
+    let logits = model.forward(&tape, &images, false)?;
+    gpu.read(&softmax_xent::softmax(gpu, &logits)?)
+}
+
+pub fn one_hot(labels: &[u8], classes: usize) -> Result<Vec<f32>> {
+    let mut t = vec![0.0; labels.len() * classes];
+    for (i, &l) in labels.iter().enumerate() {
+        ensure!(
+            (l as usize) < classes,
+            "label {l} is out of range for {classes} classes"
+        );
+        t[i * classes + l as usize] = 1.0;
+    }
+    Ok(t)
+}
