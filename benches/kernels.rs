@@ -1,5 +1,5 @@
-//! `cargo bench`: every kernel at the tutorial ResNet's shapes (batch 64),
-//! the training step and inference (batch 256), on the adapter wgfer picks.
+//! `cargo bench`: the training step (batch 64) and inference (batch 256),
+//! profiled kernel by kernel, on the adapter wgfer picks.
 //! The same figures as `wgfer bench`; BENCH_REPS sets the repetitions.
 
 fn main() -> anyhow::Result<()> {

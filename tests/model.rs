@@ -138,3 +138,49 @@ fn forward_gives_a_probability_row_per_image() {
         }
     }
 }
+
+/// `wgfer bench` profiles the real training step: every layer that runs a
+/// kernel appears with its forward and backward dispatches, products carry
+/// GFLOP/s, and each row's share is its GPU time over the step's wall time.
+#[test]
+fn bench_profiles_every_layer_of_the_real_step() {
+    let gpu = common::gpu();
+    if !gpu.has_timestamps() {
+        eprintln!("SKIPPED: {} has no timestamp queries", gpu.adapter());
+        return;
+    }
+    let report = wgfer::fer::bench::run(&gpu, 4, 4, 1, false).unwrap();
+    let has = |name: &str, pass: &str| {
+        report
+            .kernels
+            .iter()
+            .any(|k| k.name == name && k.pass == pass)
+    };
+    for layer in ["conv1", "res_2_conv_b", "res_3_identity_2_c"] {
+        let name = format!("conv2d {layer}");
+        assert!(has(&name, "forward") && has(&name, "backward"), "{name}");
+    }
+    assert!(has("batchnorm+relu bn_conv1", "backward"));
+    assert!(has("max_pool max_pooling2d", "forward"));
+    assert!(has("dense Dense_final", "backward"));
+    assert!(has("softmax_xent loss", "forward"));
+    assert!(has("adam", "step"));
+    // No dispatch is left unlabelled.
+    assert!(report.kernels.iter().all(|k| !k.name.is_empty()));
+    for k in report.kernels.iter().chain(&report.infer_kernels) {
+        assert!(k.median_ms >= 0.0 && k.step_share >= 0.0, "{k:?}");
+        if k.kernel.starts_with("gemm") {
+            assert!(k.gflops.is_some(), "{k:?}");
+        }
+    }
+    let sum: f64 = report.kernels.iter().map(|k| k.step_share).sum();
+    assert!((sum - report.train_gpu_share).abs() < 1e-9);
+    assert!(sum > 0.0);
+    assert!(
+        report
+            .infer_kernels
+            .iter()
+            .any(|k| k.name == "conv2d conv1")
+    );
+    assert!(!report.infer_kernels.iter().any(|k| k.pass == "backward"));
+}

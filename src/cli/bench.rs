@@ -7,7 +7,7 @@ use anyhow::Result;
 use super::open_gpu;
 use wgfer::fer::bench;
 
-/// Time every kernel at the model's shapes, a training step and inference.
+/// Time the real training step and inference pass, and profile every kernel in them.
 #[derive(clap::Args)]
 pub struct Args {
     /// Training batch size.
@@ -31,7 +31,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let gpu = open_gpu(a.adapter.as_deref())?;
     let report = bench::run(&gpu, a.batch_size, a.infer_batch_size, a.reps, !a.json)?;
     if a.json {
-        println!("{}", report.to_json());
+        println!("{}", serde_json::to_string_pretty(&report)?);
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex, Weak};
 
 use anyhow::{Result, anyhow, bail};
 
+use crate::engine::profile::{DispatchTime, Profiler};
 use crate::engine::tensor::{Storage, Tensor};
 
 /// A WGSL source compiled into the binary.
@@ -104,6 +105,11 @@ struct Inner {
     error: Arc<Mutex<Option<String>>>,
     poison: AtomicBool,
     stats: Mutex<GpuStats>,
+    /// The label and pass the next dispatches are profiled under.
+    scope: Mutex<(Arc<str>, &'static str)>,
+    /// Work the next dispatch does, as its op declared it (profiles only).
+    flops_note: Mutex<Option<f64>>,
+    profiler: Mutex<Option<Profiler>>,
 }
 
 /// Bytes are rounded up to this so that any tensor can also be bound as
@@ -279,6 +285,9 @@ impl Gpu {
             sink: Mutex::new(None),
             error,
             poison: AtomicBool::new(false),
+            scope: Mutex::new((Arc::from(""), "")),
+            flops_note: Mutex::new(None),
+            profiler: Mutex::new(None),
             stats: Mutex::default(),
         })))
     }
@@ -619,10 +628,15 @@ impl Gpu {
             );
         }
         let bind_group = self.bind_group(kernel, params, tensors);
+        let flops = self.0.flops_note.lock().unwrap().take();
+        let mut profiler = self.0.profiler.lock().unwrap();
+        let timestamp_writes = profiler
+            .as_mut()
+            .and_then(|p| p.next(self.scope(), &kernel.name, flops));
         self.with_encoder(|enc| {
             let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: None,
-                timestamp_writes: None,
+                timestamp_writes,
             });
             pass.set_pipeline(&kernel.pipeline);
             pass.set_bind_group(0, &bind_group, &[]);
@@ -801,6 +815,72 @@ impl Gpu {
             )
         });
         Ok(())
+    }
+
+    // ---------------------------------------------------------- profiling
+
+    /// Label the dispatches that follow (e.g. `conv2d res_2_conv_b`,
+    /// `forward`): profiles group GPU time by it.
+    pub fn set_scope(&self, label: &Arc<str>, pass: &'static str) {
+        *self.0.scope.lock().unwrap() = (label.clone(), pass);
+    }
+
+    /// The label and pass set last.
+    pub fn scope(&self) -> (Arc<str>, &'static str) {
+        self.0.scope.lock().unwrap().clone()
+    }
+
+    /// The next dispatch does `flops` floating-point operations (a profile
+    /// turns its time into GFLOP/s).
+    pub fn note_flops(&self, flops: f64) {
+        *self.0.flops_note.lock().unwrap() = Some(flops);
+    }
+
+    /// Time every dispatch from now until `finish_profile`.
+    pub fn start_profile(&self) -> Result<()> {
+        if !self.0.timestamps {
+            bail!(
+                "{} has no timestamp queries: cannot profile kernels",
+                self.0.summary.name
+            );
+        }
+        self.flush();
+        *self.0.profiler.lock().unwrap() = Some(Profiler::new(&self.0.device));
+        Ok(())
+    }
+
+    /// Wait for the profiled work and return each dispatch's GPU time, in
+    /// dispatch order.
+    pub fn finish_profile(&self) -> Result<Vec<DispatchTime>> {
+        let profiler = self.0.profiler.lock().unwrap().take();
+        let Some(profiler) = profiler else {
+            bail!("finish_profile without start_profile");
+        };
+        let resolved = self.with_encoder(|enc| profiler.finish(&self.0.device, enc))?;
+        self.flush();
+        let (tx, rx) = std::sync::mpsc::channel();
+        resolved
+            .readback
+            .map_async(wgpu::MapMode::Read, .., move |r| {
+                let _ = tx.send(r);
+            });
+        self.0
+            .device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| anyhow!("waiting for the GPU failed: {e}"))?;
+        self.check()?;
+        rx.recv()
+            .map_err(|_| anyhow!("profile read-back was cancelled"))?
+            .map_err(|e| anyhow!("profile read-back failed: {e}"))?;
+        let ticks: Vec<u64> = {
+            let view = resolved
+                .readback
+                .get_mapped_range(..)
+                .map_err(|e| anyhow!("profile read-back failed: {e}"))?;
+            bytemuck::cast_slice::<u8, u64>(&view).to_vec()
+        };
+        let period = self.0.queue.get_timestamp_period() as f64;
+        Ok(resolved.times(&ticks, period))
     }
 
     /// Drop every pooled buffer and cached bind group (e.g. after switching

@@ -9,6 +9,7 @@ pub mod gpu;
 pub mod nn;
 pub mod ops;
 pub mod optim;
+pub mod profile;
 pub mod tape;
 pub mod tensor;
 

@@ -9,6 +9,7 @@
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use anyhow::Result;
 
@@ -22,6 +23,8 @@ struct Node {
     inputs: Vec<u64>,
     output: u64,
     backward: Backward,
+    /// The profile label of the op (its backward runs under the same one).
+    label: Arc<str>,
 }
 
 pub struct Tape {
@@ -78,6 +81,7 @@ impl Tape {
             inputs: inputs.iter().map(|t| t.id()).collect(),
             output: output.id(),
             backward: Box::new(backward),
+            label: self.gpu.scope().0,
         });
     }
 
@@ -94,6 +98,7 @@ impl Tape {
                 continue;
             };
             let needs: Vec<bool> = node.inputs.iter().map(|id| tracked.contains(id)).collect();
+            self.gpu.set_scope(&node.label, "backward");
             let dxs = (node.backward)(&self.gpu, &dy, &needs)?;
             for ((id, dx), need) in node.inputs.iter().zip(dxs).zip(needs) {
                 let Some(dx) = dx.filter(|_| need) else {

@@ -1,52 +1,65 @@
-//! Benchmarks (`wgfer bench`, `cargo bench`): every kernel, forward and each
-//! backward, at the tutorial ResNet's own shapes, then the whole training
-//! step and inference. Each figure is the median of several timed windows
-//! after a warm-up; a window ends by waiting for the GPU queue to drain, so
-//! it measures work done, not work submitted.
+//! Benchmarks (`wgfer bench`, `cargo bench`): the real training step
+//! (augmentation of a fresh batch included) and the real inference pass,
+//! timed end to end, then profiled dispatch by dispatch with timestamp
+//! queries. Every kernel row is a (layer, pass, kernel) of that real run, so
+//! the rows' shares add up to the GPU's part of the step. Wall times are
+//! medians of several windows after a warm-up; a window ends by waiting for
+//! the GPU queue to drain, so it measures work done, not work submitted.
 
-use std::collections::HashMap;
-use std::io::IsTerminal;
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Result;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
-use serde_json::json;
+use serde::Serialize;
 
-use crate::engine::ops::batchnorm::{BatchNorm, BnParams};
-use crate::engine::ops::conv2d::Conv2d;
-use crate::engine::ops::dense::Dense;
 use crate::engine::ops::gemm::{Gemm, Strides};
-use crate::engine::ops::pool::Pool2d;
-use crate::engine::ops::{adam, elementwise, softmax_xent};
+use crate::engine::ops::softmax_xent;
+use crate::engine::profile::DispatchTime;
 use crate::engine::tape::Tape;
 use crate::engine::{Gpu, Tensor};
 use crate::fer::augment::{AugmentConfig, Augmenter};
 use crate::fer::data::{PIXELS, SIDE};
-use crate::fer::model::{Architecture, Model, Op};
+use crate::fer::model::{Architecture, Model};
 use crate::fer::trainer::Trainer;
 
-#[derive(Clone, Debug)]
-pub struct KernelTiming {
+/// One (layer, pass, kernel) of a profiled run.
+#[derive(Clone, Debug, Serialize)]
+pub struct KernelRow {
     /// The op and the layer it serves, e.g. `conv2d res_2_conv_b`.
     pub name: String,
-    /// forward, grad_input, grad_weight, grad_bias, backward, step.
+    /// forward, backward or step.
     pub pass: &'static str,
-    pub shape: String,
+    /// The shader and entry point, e.g. `gemm_sg8::main`.
+    pub kernel: String,
+    /// Dispatches of this kernel in this (layer, pass), per run.
+    pub dispatches: usize,
+    /// GPU time per run (median over the profiled runs).
     pub median_ms: f64,
     pub gflops: Option<f64>,
-    pub gbps: Option<f64>,
+    /// `median_ms` as a fraction of the whole run's wall time.
+    pub step_share: f64,
 }
 
+#[derive(Debug, Serialize)]
 pub struct BenchReport {
     pub adapter: String,
-    pub batch: usize,
-    pub infer_batch: usize,
+    pub batch_size: usize,
+    pub infer_batch_size: usize,
+    /// Our matrix product on a large square problem.
     pub ceiling_gflops: f64,
-    pub kernels: Vec<KernelTiming>,
     pub train_step_ms: f64,
     pub train_images_per_s: f64,
+    pub infer_ms: f64,
     pub infer_images_per_s: f64,
+    /// The training step's kernels; their `step_share`s add up to `train_gpu_share`.
+    pub kernels: Vec<KernelRow>,
+    pub train_gpu_share: f64,
+    /// The inference pass's kernels, shares of `infer_ms`.
+    pub infer_kernels: Vec<KernelRow>,
+    pub infer_gpu_share: f64,
 }
 
 /// Median of `reps` windows of `f`, in ms per call. A window repeats `f`
@@ -74,6 +87,9 @@ pub fn time_ms(gpu: &Gpu, reps: usize, mut f: impl FnMut() -> Result<()>) -> Res
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     let n = v.len();
+    if n == 0 {
+        return 0.0;
+    }
     if n % 2 == 1 {
         v[n / 2]
     } else {
@@ -81,61 +97,7 @@ fn median(v: &mut [f64]) -> f64 {
     }
 }
 
-struct Bench<'a> {
-    gpu: &'a Gpu,
-    rng: StdRng,
-    reps: usize,
-    print: bool,
-    out: Vec<KernelTiming>,
-    /// Same geometry, same figure: identity blocks repeat their layers.
-    seen: HashMap<String, (f64, Option<f64>, Option<f64>)>,
-}
-
-impl Bench<'_> {
-    fn tensor(&mut self, shape: &[usize]) -> Result<Tensor> {
-        let n: usize = shape.iter().product();
-        let data: Vec<f32> = (0..n)
-            .map(|_| self.rng.random_range(-1.0f32..1.0))
-            .collect();
-        self.gpu.upload(shape, &data)
-    }
-
-    /// Time `f` and record it; `flops` for compute-bound ops, `bytes` for memory-bound ones.
-    fn record(
-        &mut self,
-        name: &str,
-        pass: &'static str,
-        shape: String,
-        flops: Option<f64>,
-        bytes: Option<f64>,
-        f: impl FnMut() -> Result<()>,
-    ) -> Result<()> {
-        let key = format!("{}|{pass}|{shape}", name.split(' ').next().unwrap_or(name));
-        let (ms, gflops, gbps) = match self.seen.get(&key) {
-            Some(v) => *v,
-            None => {
-                let ms = time_ms(self.gpu, self.reps, f)?;
-                let v = (ms, flops.map(|f| f / ms / 1e6), bytes.map(|b| b / ms / 1e6));
-                self.seen.insert(key, v);
-                v
-            }
-        };
-        if self.print && std::io::stderr().is_terminal() {
-            eprint!("\r  measuring {:<60}", format!("{name} {pass}"));
-        }
-        self.out.push(KernelTiming {
-            name: name.to_string(),
-            pass,
-            shape,
-            median_ms: ms,
-            gflops,
-            gbps,
-        });
-        Ok(())
-    }
-}
-
-/// Run every benchmark. `print` writes the table to stderr as it goes.
+/// Run every benchmark. `print` writes the tables to stderr.
 pub fn run(
     gpu: &Gpu,
     batch: usize,
@@ -149,337 +111,269 @@ pub fn run(
         }
     };
     say(format!("adapter: {}", gpu.adapter()));
-    let mut b = Bench {
-        gpu,
-        rng: StdRng::seed_from_u64(1),
-        reps,
-        print,
-        out: vec![],
-        seen: HashMap::new(),
-    };
-
-    // The ceiling: our matrix product on a large square problem.
-    let n = 1024;
-    let (a, bm, c) = (b.tensor(&[n, n])?, b.tensor(&[n, n])?, gpu.empty(&[n, n])?);
-    let g = Gemm::new(n, n, n, Strides::rows(n));
-    let ms = time_ms(gpu, reps, || g.run(gpu, &a, &bm, None, &c))?;
-    let ceiling = g.flops() / ms / 1e6;
+    let mut rng = StdRng::seed_from_u64(1);
+    let ceiling_gflops = gemm_ceiling(gpu, &mut rng, reps)?;
     say(format!(
-        "ceiling: gemm {n}x{n}x{n} {ms:.1} ms = {ceiling:.2} GFLOP/s\n"
+        "ceiling: gemm 1024x1024x1024 = {ceiling_gflops:.2} GFLOP/s"
     ));
-    drop((a, bm, c));
 
-    say(format!("kernels at the model's shapes, batch {batch}:"));
-    let arch = Architecture::resnet(5);
-    for (i, layer) in arch.layers.iter().enumerate() {
-        let input_shape: Vec<usize> = layer
-            .inputs
-            .first()
-            .map(|&i| arch.layers[i].output_shape.clone())
-            .unwrap_or_default();
-        let mut x_shape = vec![batch];
-        x_shape.extend(&input_shape);
-        // A convolution computes only what its reader uses (a pool's rows).
-        if let Some(&j) = layer.inputs.first()
-            && matches!(arch.layers[j].op, Op::Conv { .. })
-        {
-            let [h, w] = arch.conv_output_used(j);
-            (x_shape[1], x_shape[2]) = (h, w);
-        }
-        let name = &layer.name;
-        let shape = format!("{:?}", x_shape);
-        match &layer.op {
-            Op::Conv {
-                filters,
-                kernel,
-                stride,
-                padding,
-            } => {
-                let padding = arch.conv_padding(layer, *padding);
-                // The padding layer passes the unpadded image through.
-                if let Op::ZeroPad(p) = arch.layers[layer.inputs[0]].op {
-                    x_shape[1] -= 2 * p;
-                    x_shape[2] -= 2 * p;
-                }
-                // As the training step runs it: only the outputs a pool reads.
-                let [oh, ow] = arch.conv_output_used(i);
-                let conv = Conv2d::new(&x_shape, *filters, [*kernel, *kernel], *stride, padding)?
-                    .cropped(oh, ow)?;
-                let shape = format!(
-                    "{}x{}x{}->{}x{}x{} {k}x{k}/{s}",
-                    conv.h,
-                    conv.w,
-                    conv.cin,
-                    conv.oh,
-                    conv.ow,
-                    conv.cout,
-                    k = kernel,
-                    s = stride
-                );
-                let (x, w, bias) = (
-                    b.tensor(&x_shape)?,
-                    b.tensor(&conv.weight_shape())?,
-                    b.tensor(&[conv.cout])?,
-                );
-                let dy = b.tensor(&conv.output_shape())?;
-                let flops = Some(conv.flops());
-                let label = format!("conv2d {name}");
-                b.record(&label, "forward", shape.clone(), flops, None, || {
-                    conv.forward(gpu, &x, &w, &bias).map(drop)
-                })?;
-                let cols = conv.im2col(gpu, &x)?;
-                if layer.name != "conv1" {
-                    b.record(&label, "grad_input", shape.clone(), flops, None, || {
-                        conv.grad_input(gpu, &dy, &w).map(drop)
-                    })?;
-                }
-                // As the training step runs them: one product that also sums dy.
-                b.record(&label, "grad_weight_and_bias", shape, flops, None, || {
-                    conv.grad_weight_and_bias(gpu, &cols, &dy).map(drop)
-                })?;
-            }
-            Op::BatchNorm => {
-                let c = *x_shape.last().unwrap();
-                // As the training step runs it: fused with the ReLU that follows.
-                let fused = arch.relu_fused_into(i + 1);
-                let bn = if fused {
-                    BatchNorm::with_relu(c)
-                } else {
-                    BatchNorm::new(c)
-                };
-                let x = b.tensor(&x_shape)?;
-                let dy = b.tensor(&x_shape)?;
-                let (gamma, beta, mm) = (b.tensor(&[c])?, b.tensor(&[c])?, b.tensor(&[c])?);
-                let mv = gpu.upload(&[c], &vec![1.0; c])?;
-                let p = BnParams {
-                    gamma: &gamma,
-                    beta: &beta,
-                    moving_mean: &mm,
-                    moving_var: &mv,
-                };
-                let (y, stats) = bn.forward_train(gpu, &x, &p)?;
-                let bytes = 4.0 * x.len() as f64;
-                let label = format!(
-                    "{} {name}",
-                    if fused { "batchnorm+relu" } else { "batchnorm" }
-                );
-                b.record(
-                    &label,
-                    "forward",
-                    shape.clone(),
-                    None,
-                    Some(4.0 * bytes),
-                    || bn.forward_train(gpu, &x, &p).map(drop),
-                )?;
-                b.record(&label, "backward", shape, None, Some(5.0 * bytes), || {
-                    bn.backward(gpu, &x, &y, &dy, &stats, &gamma).map(drop)
-                })?;
-            }
-            Op::Relu if arch.relu_fused_into(i) => {}
-            Op::Relu => {
-                let x = b.tensor(&x_shape)?;
-                let bytes = 4.0 * x.len() as f64;
-                let label = format!("relu {name}");
-                b.record(
-                    &label,
-                    "forward",
-                    shape.clone(),
-                    None,
-                    Some(2.0 * bytes),
-                    || elementwise::relu(gpu, &x).map(drop),
-                )?;
-                b.record(&label, "backward", shape, None, Some(3.0 * bytes), || {
-                    elementwise::relu_backward(gpu, &x, &x).map(drop)
-                })?;
-            }
-            Op::Add => {
-                let (x, y) = (b.tensor(&x_shape)?, b.tensor(&x_shape)?);
-                let bytes = 12.0 * x.len() as f64;
-                b.record(
-                    &format!("add {name}"),
-                    "forward",
-                    shape,
-                    None,
-                    Some(bytes),
-                    || elementwise::add(gpu, &x, &y).map(drop),
-                )?;
-            }
-            Op::MaxPool { size, stride } | Op::AvgPool { size, stride } => {
-                let pool = Pool2d::new(&x_shape, *size, *stride)?;
-                let x = b.tensor(&x_shape)?;
-                let dy = b.tensor(&pool.output_shape())?;
-                let bytes = 4.0 * (x.len() + 2 * dy.len()) as f64;
-                if matches!(layer.op, Op::MaxPool { .. }) {
-                    let (_, arg) = pool.max_forward(gpu, &x)?;
-                    let label = format!("max_pool {name}");
-                    b.record(&label, "forward", shape.clone(), None, Some(bytes), || {
-                        pool.max_forward(gpu, &x).map(drop)
-                    })?;
-                    b.record(&label, "backward", shape, None, Some(bytes), || {
-                        pool.max_backward(gpu, &dy, &arg).map(drop)
-                    })?;
-                } else {
-                    let label = format!("avg_pool {name}");
-                    b.record(&label, "forward", shape.clone(), None, Some(bytes), || {
-                        pool.avg_forward(gpu, &x).map(drop)
-                    })?;
-                    b.record(&label, "backward", shape, None, Some(bytes), || {
-                        pool.avg_backward(gpu, &dy).map(drop)
-                    })?;
-                }
-            }
-            Op::Dense { units } => {
-                let d = Dense::new(&x_shape, *units)?;
-                let (x, w, bias, dy) = (
-                    b.tensor(&x_shape)?,
-                    b.tensor(&[d.inputs, d.outputs])?,
-                    b.tensor(&[*units])?,
-                    b.tensor(&[batch, *units])?,
-                );
-                let flops = Some(2.0 * (d.n * d.inputs * d.outputs) as f64);
-                let label = format!("dense {name}");
-                b.record(&label, "forward", shape.clone(), flops, None, || {
-                    d.forward(gpu, &x, &w, &bias).map(drop)
-                })?;
-                b.record(&label, "grad_input", shape.clone(), flops, None, || {
-                    d.grad_input(gpu, &dy, &w).map(drop)
-                })?;
-                b.record(&label, "grad_weight", shape, flops, None, || {
-                    d.grad_weight(gpu, &x, &dy).map(drop)
-                })?;
-                let targets = gpu.upload(
-                    &[batch, *units],
-                    &crate::fer::trainer::one_hot(&vec![0; batch], *units)?,
-                )?;
-                let logits = b.tensor(&[batch, *units])?;
-                let one = gpu.upload(&[1], &[1.0])?;
-                let (probs, _) = softmax_xent::softmax_xent(gpu, &logits, &targets)?;
-                let s = format!("[{batch}, {units}]");
-                let bytes = Some(12.0 * logits.len() as f64);
-                b.record(
-                    "softmax_xent loss",
-                    "forward",
-                    s.clone(),
-                    None,
-                    bytes,
-                    || softmax_xent::softmax_xent(gpu, &logits, &targets).map(drop),
-                )?;
-                b.record("softmax_xent loss", "backward", s, None, bytes, || {
-                    softmax_xent::softmax_xent_backward(gpu, &probs, &targets, &one).map(drop)
-                })?;
-            }
-            Op::Input | Op::ZeroPad(_) | Op::Flatten => {}
-        }
-    }
-    let len = arch.trainable_len;
-    let (p, g, m, v) = (
-        b.tensor(&[len])?,
-        b.tensor(&[len])?,
-        gpu.zeros(&[len])?,
-        gpu.zeros(&[len])?,
-    );
-    let (alpha, flag) = (gpu.upload(&[1], &[1e-3])?, gpu.zeros(&[1])?);
-    let cfg = adam::AdamConfig::default();
-    b.record(
-        "adam",
-        "step",
-        format!("[{len}]"),
-        None,
-        Some(28.0 * len as f64),
-        || adam::step(gpu, &cfg, &p, &g, &m, &v, &alpha, &flag),
-    )?;
-    drop((p, g, m, v));
+    let mut step = TrainingStep::new(gpu, batch, &mut rng)?;
+    let train_step_ms = wall_ms(reps, || step.run())?;
+    let train = profile(gpu, reps, train_step_ms, || step.run())?;
 
-    // The whole training step, augmentation of a fresh batch included.
-    let model = Model::new(gpu, Architecture::resnet(5), 0)?;
-    let mut trainer = Trainer::new(model, batch, Default::default())?;
-    let pixels: Vec<u8> = (0..batch * PIXELS)
-        .map(|_| b.rng.random_range(0..=255u8))
-        .collect();
-    let labels: Vec<u8> = (0..batch).map(|i| (i % 5) as u8).collect();
-    let mut augmenter = Augmenter::new(AugmentConfig::default(), 0, 0);
-    let mut images = vec![0f32; batch * PIXELS];
-    let mut step = || -> Result<()> {
-        augmenter.augment_batch(&pixels, &mut images);
-        trainer.step(&images, &labels).map(drop)
+    let model = &step.trainer.model;
+    let x = random_tensor(gpu, &mut rng, &[infer_batch, SIDE, SIDE, 1])?;
+    let mut infer = || infer_once(model, &x);
+    let infer_ms = time_ms(gpu, reps, &mut infer)?;
+    let inference = profile(gpu, reps, infer_ms, &mut infer)?;
+
+    let report = BenchReport {
+        adapter: gpu.adapter().to_string(),
+        batch_size: batch,
+        infer_batch_size: infer_batch,
+        ceiling_gflops,
+        train_step_ms,
+        train_images_per_s: batch as f64 * 1e3 / train_step_ms,
+        infer_ms,
+        infer_images_per_s: infer_batch as f64 * 1e3 / infer_ms,
+        train_gpu_share: total_share(&train),
+        kernels: train,
+        infer_gpu_share: total_share(&inference),
+        infer_kernels: inference,
     };
-    step()?;
+    if print {
+        eprint!("{}", report.table());
+    }
+    Ok(report)
+}
+
+/// GFLOP/s of our matrix product on a 1024³ problem: what the kernel rows'
+/// GFLOP/s compare with.
+fn gemm_ceiling(gpu: &Gpu, rng: &mut StdRng, reps: usize) -> Result<f64> {
+    let n = 1024;
+    let a = random_tensor(gpu, rng, &[n, n])?;
+    let b = random_tensor(gpu, rng, &[n, n])?;
+    let c = gpu.empty(&[n, n])?;
+    let g = Gemm::new(n, n, n, Strides::rows(n));
+    let ms = time_ms(gpu, reps, || g.run(gpu, &a, &b, None, &c))?;
+    Ok(g.flops() / ms / 1e6)
+}
+
+fn random_tensor(gpu: &Gpu, rng: &mut StdRng, shape: &[usize]) -> Result<Tensor> {
+    let n: usize = shape.iter().product();
+    let data: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+    gpu.upload(shape, &data)
+}
+
+/// The training step as `wgfer train` runs it: augment a batch, then step.
+struct TrainingStep {
+    trainer: Trainer,
+    augmenter: Augmenter,
+    pixels: Vec<u8>,
+    labels: Vec<u8>,
+    images: Vec<f32>,
+}
+
+impl TrainingStep {
+    fn new(gpu: &Gpu, batch: usize, rng: &mut StdRng) -> Result<TrainingStep> {
+        let model = Model::new(gpu, Architecture::resnet(5), 0)?;
+        Ok(TrainingStep {
+            trainer: Trainer::new(model, batch, Default::default())?,
+            augmenter: Augmenter::new(AugmentConfig::default(), 0, 0),
+            pixels: (0..batch * PIXELS)
+                .map(|_| rng.random_range(0..=255u8))
+                .collect(),
+            labels: (0..batch).map(|i| (i % 5) as u8).collect(),
+            images: vec![0.0; batch * PIXELS],
+        })
+    }
+
+    fn run(&mut self) -> Result<()> {
+        self.augmenter.augment_batch(&self.pixels, &mut self.images);
+        self.trainer.step(&self.images, &self.labels).map(drop)
+    }
+}
+
+/// Inference as `eval` and `predict` run it: forward on the moving
+/// statistics, softmax, probabilities read back.
+fn infer_once(model: &Model, x: &Tensor) -> Result<()> {
+    let gpu = &model.gpu;
+    let tape = Tape::new(gpu);
+    let logits = model.forward(&tape, x, false)?;
+    gpu.set_scope(&Arc::from("softmax output"), "forward");
+    gpu.read(&softmax_xent::softmax(gpu, &logits)?).map(drop)
+}
+
+/// Median wall time of `f` (which waits for its own results), after a warm-up.
+fn wall_ms(reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    f()?;
     let mut times = vec![];
     for _ in 0..reps.max(1) {
         let t = Instant::now();
-        step()?;
-        step()?;
-        times.push(t.elapsed().as_secs_f64() * 1e3 / 2.0);
+        f()?;
+        times.push(t.elapsed().as_secs_f64() * 1e3);
     }
-    let train_step_ms = median(&mut times);
-    let train_images_per_s = batch as f64 * 1e3 / train_step_ms;
+    Ok(median(&mut times))
+}
 
-    // Inference: forward on moving statistics, softmax, probabilities read back.
-    let model = &trainer.model;
-    let x = b.tensor(&[infer_batch, SIDE, SIDE, 1])?;
-    let infer_ms = time_ms(gpu, reps, || {
-        let tape = Tape::new(gpu);
-        let logits = model.forward(&tape, &x, false)?;
-        gpu.read(&softmax_xent::softmax(gpu, &logits)?).map(drop)
-    })?;
-    let infer_images_per_s = infer_batch as f64 * 1e3 / infer_ms;
+/// Profile `reps` runs of `f` and fold the dispatches into rows, each the
+/// median over the runs; shares are of `run_ms`, the unprofiled wall time.
+fn profile(
+    gpu: &Gpu,
+    reps: usize,
+    run_ms: f64,
+    mut f: impl FnMut() -> Result<()>,
+) -> Result<Vec<KernelRow>> {
+    let mut runs = vec![];
+    for _ in 0..reps.max(1) {
+        gpu.sync()?;
+        gpu.start_profile()?;
+        f()?;
+        runs.push(gpu.finish_profile()?);
+    }
+    Ok(fold(&runs, run_ms))
+}
 
-    let kernels_ms: f64 = b.out.iter().map(|k| k.median_ms).sum();
-    if print {
-        if std::io::stderr().is_terminal() {
-            eprint!("\r{:<80}\r", "");
-        }
-        for k in &b.out {
-            let rate = match (k.gflops, k.gbps) {
-                (Some(g), _) => format!("{g:7.2} GFLOP/s"),
-                (_, Some(b)) => format!("{b:7.2} GB/s    "),
-                _ => String::new(),
+/// Rows keyed by (label, pass, kernel), in the order the first run met them.
+fn fold(runs: &[Vec<DispatchTime>], run_ms: f64) -> Vec<KernelRow> {
+    type Key = (String, &'static str, String);
+    let mut order: Vec<Key> = vec![];
+    // Per key: per run (ms, dispatches, flops).
+    let mut sums: BTreeMap<Key, Vec<(f64, usize, Option<f64>)>> = BTreeMap::new();
+    for (r, run) in runs.iter().enumerate() {
+        for d in run {
+            let key = (d.label.to_string(), d.pass, d.kernel.clone());
+            let per_run = sums.entry(key.clone()).or_insert_with(|| {
+                order.push(key);
+                vec![]
+            });
+            per_run.resize(runs.len(), (0.0, 0, None));
+            let (ms, count, flops) = &mut per_run[r];
+            *ms += d.ms;
+            *count += 1;
+            *flops = match (*flops, d.flops) {
+                (a, None) => a,
+                (a, Some(f)) => Some(a.unwrap_or(0.0) + f),
             };
-            let share = 100.0 * k.median_ms / train_step_ms;
-            eprintln!(
-                "  {:<36} {:<12} {:<28} {:9.3} ms  {rate}  {share:5.1} % of a step",
-                k.name, k.pass, k.shape, k.median_ms
-            );
         }
     }
-    say(format!(
-        "\ntraining step, batch {batch} (augmentation included): {train_step_ms:.1} ms = {train_images_per_s:.1} images/s \
-         (its kernels timed alone sum to {kernels_ms:.1} ms)"
-    ));
-    say(format!(
-        "inference, batch {infer_batch}: {infer_ms:.1} ms = {infer_images_per_s:.1} images/s"
-    ));
-    Ok(BenchReport {
-        adapter: gpu.adapter().to_string(),
-        batch,
-        infer_batch,
-        ceiling_gflops: ceiling,
-        kernels: b.out,
-        train_step_ms,
-        train_images_per_s,
-        infer_images_per_s,
-    })
+    order
+        .into_iter()
+        .map(|key| {
+            let per_run = &sums[&key];
+            let mut ms: Vec<f64> = per_run.iter().map(|p| p.0).collect();
+            let median_ms = median(&mut ms);
+            let (_, dispatches, flops) = per_run[0];
+            KernelRow {
+                name: key.0,
+                pass: key.1,
+                kernel: key.2,
+                dispatches,
+                median_ms,
+                gflops: flops
+                    .filter(|_| median_ms > 0.0)
+                    .map(|f| f / median_ms / 1e6),
+                step_share: median_ms / run_ms,
+            }
+        })
+        .collect()
+}
+
+fn total_share(rows: &[KernelRow]) -> f64 {
+    rows.iter().map(|r| r.step_share).sum()
 }
 
 impl BenchReport {
-    pub fn to_json(&self) -> serde_json::Value {
-        json!({
-            "adapter": self.adapter,
-            "batch_size": self.batch,
-            "infer_batch_size": self.infer_batch,
-            "ceiling_gflops": self.ceiling_gflops,
-            "train_step_ms": self.train_step_ms,
-            "train_images_per_s": self.train_images_per_s,
-            "infer_images_per_s": self.infer_images_per_s,
-            "kernels": self.kernels.iter().map(|k| json!({
-                "name": k.name,
-                "pass": k.pass,
-                "shape": k.shape,
-                "median_ms": k.median_ms,
-                "gflops": k.gflops,
-                "gbps": k.gbps,
-                "share": k.median_ms / self.train_step_ms,
-            })).collect::<Vec<_>>(),
-        })
+    /// The tables `wgfer bench` prints.
+    pub fn table(&self) -> String {
+        let mut s = format!(
+            "\ntraining step, batch {} (augmentation included): {:.1} ms = {:.1} images/s; \
+             its kernels take {:.0} % of it\n",
+            self.batch_size,
+            self.train_step_ms,
+            self.train_images_per_s,
+            100.0 * self.train_gpu_share
+        );
+        s += &rows_table(&self.kernels);
+        s += &format!(
+            "\ninference, batch {}: {:.1} ms = {:.1} images/s; its kernels take {:.0} % of it\n",
+            self.infer_batch_size,
+            self.infer_ms,
+            self.infer_images_per_s,
+            100.0 * self.infer_gpu_share
+        );
+        s += &rows_table(&self.infer_kernels);
+        s += &format!(
+            "\nceiling: gemm 1024x1024x1024 = {:.2} GFLOP/s; adapter {}\n",
+            self.ceiling_gflops, self.adapter
+        );
+        s
+    }
+}
+
+fn rows_table(rows: &[KernelRow]) -> String {
+    let mut s = String::new();
+    for r in rows {
+        let rate = r
+            .gflops
+            .map(|g| format!("{g:7.2} GFLOP/s"))
+            .unwrap_or_default();
+        s += &format!(
+            "  {:<36} {:<9} {:<28} {:>3}x {:9.3} ms {:5.1} %  {rate}\n",
+            r.name,
+            r.pass,
+            r.kernel,
+            r.dispatches,
+            r.median_ms,
+            100.0 * r.step_share
+        );
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(label: &str, kernel: &str, ms: f64, flops: Option<f64>) -> DispatchTime {
+        DispatchTime {
+            label: Arc::from(label),
+            pass: "forward",
+            kernel: kernel.into(),
+            flops,
+            ms,
+        }
+    }
+
+    #[test]
+    fn fold_sums_a_runs_dispatches_and_takes_the_median_over_runs() {
+        let runs = vec![
+            vec![
+                d("conv2d a", "gemm::main", 1.0, Some(2e6)),
+                d("conv2d a", "gemm::main", 1.0, Some(2e6)),
+                d("relu b", "relu::main", 0.5, None),
+            ],
+            vec![
+                d("conv2d a", "gemm::main", 3.0, Some(2e6)),
+                d("conv2d a", "gemm::main", 3.0, Some(2e6)),
+                d("relu b", "relu::main", 0.1, None),
+            ],
+            vec![
+                d("conv2d a", "gemm::main", 2.0, Some(2e6)),
+                d("conv2d a", "gemm::main", 2.0, Some(2e6)),
+                d("relu b", "relu::main", 0.3, None),
+            ],
+        ];
+        let rows = fold(&runs, 10.0);
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0].name, "conv2d a");
+        assert_eq!(rows[0].dispatches, 2);
+        assert_eq!(rows[0].median_ms, 4.0);
+        assert_eq!(rows[0].step_share, 0.4);
+        // 4e6 flops in 4 ms = 1 GFLOP/s.
+        assert!((rows[0].gflops.unwrap() - 1.0).abs() < 1e-12);
+        assert_eq!(rows[1].median_ms, 0.3);
+        assert_eq!(rows[1].gflops, None);
+        assert!((total_share(&rows) - 0.43).abs() < 1e-12);
     }
 }

@@ -10,6 +10,7 @@ pub mod eval;
 pub mod fuzzing;
 pub mod image_input;
 pub mod model;
+pub mod plan;
 pub mod predict;
 pub mod report;
 pub mod train;

@@ -18,6 +18,7 @@ use crate::engine::optim::ParamSet;
 use crate::engine::tape::Tape;
 use crate::engine::{Gpu, Tensor};
 use crate::fer::data::SIDE;
+use crate::fer::plan::{Plan, StepOp};
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Op {
@@ -351,57 +352,6 @@ impl Architecture {
         b.arch
     }
 
-    /// The padding a convolution applies: a conv reading a ZeroPadding2D
-    /// layer pads itself (the padding layer passes its input through).
-    pub fn conv_padding(&self, conv: &Layer, own: Padding) -> Padding {
-        match self.layers[conv.inputs[0]].op {
-            Op::ZeroPad(p) => Padding::Zeros(p),
-            _ => own,
-        }
-    }
-
-    /// The part of convolution layer `i`'s output that the forward pass
-    /// computes: all of it, except before an unpadded max-pool (its only
-    /// reader) that leaves the last rows and columns unread, as the pools
-    /// after the 1×1 convolutions of the convolution blocks do (11×11 → 5×5
-    /// reads 10×10). See `Conv2d::cropped`.
-    pub fn conv_output_used(&self, i: usize) -> [usize; 2] {
-        let layer = &self.layers[i];
-        let full = [layer.output_shape[0], layer.output_shape[1]];
-        let readers: Vec<&Layer> = self
-            .layers
-            .iter()
-            .filter(|l| l.inputs.contains(&i))
-            .collect();
-        match readers[..] {
-            [pool] => match pool.op {
-                Op::MaxPool { size, stride } => {
-                    let read = |out: usize| (out - 1) * stride + size;
-                    [read(pool.output_shape[0]), read(pool.output_shape[1])]
-                }
-                _ => full,
-            },
-            _ => full,
-        }
-    }
-
-    /// True when layer `i` is a ReLU whose only input is a batch norm that
-    /// nothing else reads: the two run as one fused op.
-    pub fn relu_fused_into(&self, i: usize) -> bool {
-        let Some(layer) = self.layers.get(i) else {
-            return false;
-        };
-        let [bn] = layer.inputs[..] else { return false };
-        layer.op == Op::Relu
-            && self.layers[bn].op == Op::BatchNorm
-            && self
-                .layers
-                .iter()
-                .filter(|l| l.inputs.contains(&bn))
-                .count()
-                == 1
-    }
-
     pub fn param_count(&self) -> (usize, usize) {
         let trainable = self
             .params
@@ -480,6 +430,8 @@ pub struct Model {
     pub moving: Tensor,
     /// One view per `arch.params` entry.
     pub views: Vec<Tensor>,
+    /// The forward pass's steps, derived once from `arch`.
+    pub plan: Plan,
 }
 
 impl Model {
@@ -516,6 +468,7 @@ impl Model {
             .map(|p| (if p.trainable { &t } else { &m }).view(p.offset, &p.shape))
             .collect();
         Ok(Model {
+            plan: Plan::of(&arch),
             arch,
             gpu: gpu.clone(),
             trainable: t,
@@ -544,11 +497,8 @@ impl Model {
             .filter(|(p, _)| p.trainable)
     }
 
-    fn param(&self, layer: &Layer, i: usize) -> &Tensor {
-        &self.views[layer.params[i]]
-    }
-
-    /// Logits [n, classes] for images [n, 48, 48, 1] (NHWC, values in [0, 1]).
+    /// Logits [n, classes] for images [n, 48, 48, 1] (NHWC, values in [0, 1]):
+    /// the plan's steps in order, each under its profile label.
     /// `training`: batch-norm on batch statistics (and moving averages updated).
     pub fn forward(&self, tape: &Tape, images: &Tensor, training: bool) -> Result<Tensor> {
         let n = images.shape()[0];
@@ -557,71 +507,75 @@ impl Model {
             "the model takes images [n, {SIDE}, {SIDE}, 1], got {:?}",
             images.shape()
         );
-        let mut out: Vec<Option<Tensor>> = vec![None; self.arch.layers.len()];
-        for (i, layer) in self.arch.layers.iter().enumerate() {
-            let input = |k: usize| out[layer.inputs[k]].clone().expect("layers are in order");
-            let y = match &layer.op {
-                Op::Input => images.clone(),
-                Op::ZeroPad(_) => input(0),
-                Op::Conv {
-                    stride, padding, ..
-                } => {
-                    let (x, w) = (input(0), self.param(layer, 0));
-                    let ws = w.shape();
-                    let [oh, ow] = self.arch.conv_output_used(i);
-                    let conv = Conv2d::new(
-                        x.shape(),
-                        ws[3],
-                        [ws[0], ws[1]],
-                        *stride,
-                        self.arch.conv_padding(layer, *padding),
-                    )?
-                    .cropped(oh, ow)?;
-                    nn::conv2d_as(tape, conv, &x, w, self.param(layer, 1))?
-                }
-                Op::BatchNorm => {
-                    let p = BnParams {
-                        gamma: self.param(layer, 0),
-                        beta: self.param(layer, 1),
-                        moving_mean: self.param(layer, 2),
-                        moving_var: self.param(layer, 3),
-                    };
-                    if self.arch.relu_fused_into(i + 1) {
-                        nn::batch_norm_relu(tape, &input(0), &p, training)?
-                    } else {
-                        nn::batch_norm(tape, &input(0), &p, training)?
-                    }
-                }
-                // Already applied by the batch norm it follows.
-                Op::Relu if self.arch.relu_fused_into(i) => input(0),
-                Op::Relu => nn::relu(tape, &input(0))?,
-                Op::MaxPool { size, stride } => nn::max_pool(tape, &input(0), *size, *stride)?,
-                Op::AvgPool { size, stride } => nn::avg_pool(tape, &input(0), *size, *stride)?,
-                Op::Add => nn::add(tape, &input(0), &input(1))?,
-                Op::Flatten => {
-                    let x = input(0);
-                    x.reshape(&[n, x.len() / n])
-                }
-                Op::Dense { .. } => {
-                    nn::dense(tape, &input(0), self.param(layer, 0), self.param(layer, 1))?
-                }
-            };
+        let mut out: Vec<Option<Tensor>> = vec![None; self.plan.steps.len()];
+        for (i, step) in self.plan.steps.iter().enumerate() {
+            let inputs: Vec<&Tensor> = step
+                .inputs
+                .iter()
+                .map(|&j| out[j].as_ref().expect("steps are in order"))
+                .collect();
+            self.gpu.set_scope(&step.label, "forward");
+            let y = self.run_step(tape, &step.op, &inputs, images, training)?;
             out[i] = Some(y);
-            // Free what no later layer reads, so the pool can reuse it.
-            for (j, slot) in out.iter_mut().enumerate().take(i) {
-                if slot.is_some()
-                    && !self.arch.layers[i + 1..]
-                        .iter()
-                        .any(|l| l.inputs.contains(&j))
-                {
-                    *slot = None;
-                }
+            for &j in &step.last_use {
+                out[j] = None;
             }
         }
         match out.pop().flatten() {
             Some(logits) => Ok(logits),
             None => bail!("the model has no layers"),
         }
+    }
+
+    fn run_step(
+        &self,
+        tape: &Tape,
+        op: &StepOp,
+        inputs: &[&Tensor],
+        images: &Tensor,
+        training: bool,
+    ) -> Result<Tensor> {
+        let p = |i: usize| &self.views[i];
+        Ok(match *op {
+            StepOp::Input => images.clone(),
+            StepOp::Alias => inputs[0].clone(),
+            StepOp::Conv {
+                kernel,
+                stride,
+                padding,
+                crop,
+                weight,
+                bias,
+            } => {
+                let (x, w) = (inputs[0], p(weight));
+                let conv = Conv2d::new(x.shape(), w.shape()[3], kernel, stride, padding)?
+                    .cropped(crop[0], crop[1])?;
+                nn::conv2d_as(tape, conv, x, w, p(bias))?
+            }
+            StepOp::BatchNorm { params, relu } => {
+                let bn = BnParams {
+                    gamma: p(params[0]),
+                    beta: p(params[1]),
+                    moving_mean: p(params[2]),
+                    moving_var: p(params[3]),
+                };
+                if relu {
+                    nn::batch_norm_relu(tape, inputs[0], &bn, training)?
+                } else {
+                    nn::batch_norm(tape, inputs[0], &bn, training)?
+                }
+            }
+            StepOp::Relu => nn::relu(tape, inputs[0])?,
+            StepOp::MaxPool { size, stride } => nn::max_pool(tape, inputs[0], size, stride)?,
+            StepOp::AvgPool { size, stride } => nn::avg_pool(tape, inputs[0], size, stride)?,
+            StepOp::Add => nn::add(tape, inputs[0], inputs[1])?,
+            StepOp::Flatten => {
+                let x = inputs[0];
+                let n = x.shape()[0];
+                x.reshape(&[n, x.len() / n])
+            }
+            StepOp::Dense { weight, bias } => nn::dense(tape, inputs[0], p(weight), p(bias))?,
+        })
     }
 
     /// Both flat vectors read back to the host.

@@ -2,6 +2,8 @@
 //! the tape, the loss, Adam. A steady-state step allocates no GPU memory and
 //! reads back three numbers (loss, correct count, non-finite flag).
 
+use std::sync::Arc;
+
 use anyhow::{Result, ensure};
 
 use crate::engine::nn;
@@ -39,6 +41,9 @@ pub struct Trainer {
     /// [loss, correct, flag] gathered for one read-back.
     report: Tensor,
     one: Tensor,
+    /// Profile labels of the loss and of the optimizer's update.
+    loss_label: Arc<str>,
+    adam_label: Arc<str>,
 }
 
 impl Trainer {
@@ -62,6 +67,8 @@ impl Trainer {
             targets,
             report,
             one,
+            loss_label: Arc::from("softmax_xent loss"),
+            adam_label: Arc::from("adam"),
         })
     }
 
@@ -90,8 +97,10 @@ impl Trainer {
             tape.watch(view);
         }
         let logits = self.model.forward(&tape, &self.images, true)?;
+        gpu.set_scope(&self.loss_label, "forward");
         let (_, metrics) = nn::softmax_cross_entropy(&tape, &logits, &self.targets)?;
         let grads = tape.backward(&metrics, self.one.clone())?;
+        gpu.set_scope(&self.adam_label, "step");
         self.adam.step(&gpu, &self.model.param_set(), &grads)?;
         drop(grads);
         gpu.copy(&metrics, 0, &self.report, 0, 2)?;

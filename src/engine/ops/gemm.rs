@@ -207,6 +207,7 @@ impl Gemm {
                 "main",
                 &[("A_ROWS", rows_layout as u32 as f64)],
             );
+            gpu.note_flops(self.flops());
             return gpu.dispatch(
                 &kernel,
                 bytemuck::bytes_of(&params),
@@ -237,6 +238,7 @@ impl Gemm {
             pad: [0; 2],
         };
         let kernel = gpu.kernel(&SHADER, "main", &[("VEC4", (n % 4 == 0) as u32 as f64)]);
+        gpu.note_flops(self.flops());
         gpu.dispatch(
             &kernel,
             bytemuck::bytes_of(&params),

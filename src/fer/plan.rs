@@ -1,0 +1,277 @@
+//! One plan of the model: the forward pass as an ordered list of steps, with
+//! the model's rewrites decided once, here:
+//!
+//! - a ZeroPadding2D passes its input through and the convolution reading it
+//!   pads instead;
+//! - a 1×1 convolution whose only reader is an unpadded max-pool computes only
+//!   the rows and columns the pool reads (`Conv2d::cropped`);
+//! - a batch norm whose only reader is a ReLU runs fused with it.
+//!
+//! `Model::forward` runs the plan (and so the training step records it on the
+//! tape), `wgfer bench` profiles that run, and anything that needs the model's
+//! sequence of dispatches reads it from here: nothing re-enacts the model.
+
+use std::sync::Arc;
+
+use crate::engine::ops::conv2d::Padding;
+use crate::fer::model::{Architecture, Layer, Op};
+
+/// What one step computes. Parameter fields index `Architecture::params`.
+#[derive(Clone, Debug, PartialEq)]
+pub enum StepOp {
+    /// The batch of images.
+    Input,
+    /// The output is the input: a padding layer (its convolution pads) or a
+    /// ReLU fused into the batch norm before it.
+    Alias,
+    Conv {
+        kernel: [usize; 2],
+        stride: usize,
+        padding: Padding,
+        /// The output rows and columns computed (all of them unless a pool
+        /// leaves some unread).
+        crop: [usize; 2],
+        weight: usize,
+        bias: usize,
+    },
+    /// gamma, beta, moving mean, moving variance.
+    BatchNorm {
+        params: [usize; 4],
+        relu: bool,
+    },
+    Relu,
+    MaxPool {
+        size: usize,
+        stride: usize,
+    },
+    AvgPool {
+        size: usize,
+        stride: usize,
+    },
+    Add,
+    Flatten,
+    Dense {
+        weight: usize,
+        bias: usize,
+    },
+}
+
+#[derive(Clone, Debug)]
+pub struct Step {
+    /// The Keras layer this step computes (step i is layer i).
+    pub layer: String,
+    /// The profile label: the op and the layer, e.g. `conv2d res_2_conv_b`.
+    pub label: Arc<str>,
+    pub op: StepOp,
+    /// The steps whose outputs this one reads.
+    pub inputs: Vec<usize>,
+    /// Outputs that no later step reads: dropped after this step so that
+    /// their buffers go back to the pool.
+    pub last_use: Vec<usize>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub steps: Vec<Step>,
+}
+
+impl Plan {
+    pub fn of(arch: &Architecture) -> Plan {
+        let mut steps: Vec<Step> = arch
+            .layers
+            .iter()
+            .enumerate()
+            .map(|(i, layer)| {
+                let op = step_op(arch, i);
+                Step {
+                    layer: layer.name.clone(),
+                    label: Arc::from(format!("{} {}", op_name(&op), layer.name)),
+                    op,
+                    inputs: layer.inputs.clone(),
+                    last_use: vec![],
+                }
+            })
+            .collect();
+        for j in 0..steps.len() {
+            let last_reader = (0..steps.len())
+                .rev()
+                .find(|&i| steps[i].inputs.contains(&j));
+            if let Some(i) = last_reader {
+                steps[i].last_use.push(j);
+            }
+        }
+        Plan { steps }
+    }
+}
+
+fn step_op(arch: &Architecture, i: usize) -> StepOp {
+    let layer = &arch.layers[i];
+    match &layer.op {
+        Op::Input => StepOp::Input,
+        Op::ZeroPad(_) => StepOp::Alias,
+        Op::Conv {
+            kernel,
+            stride,
+            padding,
+            ..
+        } => StepOp::Conv {
+            kernel: [*kernel, *kernel],
+            stride: *stride,
+            padding: conv_padding(arch, layer, *padding),
+            crop: conv_output_used(arch, i),
+            weight: layer.params[0],
+            bias: layer.params[1],
+        },
+        Op::BatchNorm => StepOp::BatchNorm {
+            params: [
+                layer.params[0],
+                layer.params[1],
+                layer.params[2],
+                layer.params[3],
+            ],
+            relu: relu_fused_into(arch, i + 1),
+        },
+        Op::Relu if relu_fused_into(arch, i) => StepOp::Alias,
+        Op::Relu => StepOp::Relu,
+        Op::MaxPool { size, stride } => StepOp::MaxPool {
+            size: *size,
+            stride: *stride,
+        },
+        Op::AvgPool { size, stride } => StepOp::AvgPool {
+            size: *size,
+            stride: *stride,
+        },
+        Op::Add => StepOp::Add,
+        Op::Flatten => StepOp::Flatten,
+        Op::Dense { .. } => StepOp::Dense {
+            weight: layer.params[0],
+            bias: layer.params[1],
+        },
+    }
+}
+
+fn op_name(op: &StepOp) -> &'static str {
+    match op {
+        StepOp::Input => "input",
+        StepOp::Alias => "alias",
+        StepOp::Conv { .. } => "conv2d",
+        StepOp::BatchNorm { relu: true, .. } => "batchnorm+relu",
+        StepOp::BatchNorm { relu: false, .. } => "batchnorm",
+        StepOp::Relu => "relu",
+        StepOp::MaxPool { .. } => "max_pool",
+        StepOp::AvgPool { .. } => "avg_pool",
+        StepOp::Add => "add",
+        StepOp::Flatten => "flatten",
+        StepOp::Dense { .. } => "dense",
+    }
+}
+
+fn readers(arch: &Architecture, i: usize) -> Vec<&Layer> {
+    arch.layers
+        .iter()
+        .filter(|l| l.inputs.contains(&i))
+        .collect()
+}
+
+/// The padding a convolution applies: a conv reading a ZeroPadding2D layer
+/// pads itself (the padding layer passes its input through).
+fn conv_padding(arch: &Architecture, conv: &Layer, own: Padding) -> Padding {
+    match arch.layers[conv.inputs[0]].op {
+        Op::ZeroPad(p) => Padding::Zeros(p),
+        _ => own,
+    }
+}
+
+/// The part of convolution layer `i`'s output that the forward pass
+/// computes: all of it, except before an unpadded max-pool (its only reader)
+/// that leaves the last rows and columns unread, as the pools after the 1×1
+/// convolutions of the convolution blocks do (11×11 → 5×5 reads 10×10).
+fn conv_output_used(arch: &Architecture, i: usize) -> [usize; 2] {
+    let layer = &arch.layers[i];
+    let full = [layer.output_shape[0], layer.output_shape[1]];
+    match readers(arch, i)[..] {
+        [pool] => match pool.op {
+            Op::MaxPool { size, stride } => {
+                let read = |out: usize| (out - 1) * stride + size;
+                [read(pool.output_shape[0]), read(pool.output_shape[1])]
+            }
+            _ => full,
+        },
+        _ => full,
+    }
+}
+
+/// True when layer `i` is a ReLU whose only input is a batch norm that
+/// nothing else reads: the two run as one fused op.
+fn relu_fused_into(arch: &Architecture, i: usize) -> bool {
+    let Some(layer) = arch.layers.get(i) else {
+        return false;
+    };
+    let [bn] = layer.inputs[..] else { return false };
+    layer.op == Op::Relu && arch.layers[bn].op == Op::BatchNorm && readers(arch, bn).len() == 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_rewrites_of_the_tutorial_model() {
+        let arch = Architecture::resnet(5);
+        let plan = Plan::of(&arch);
+        let step = |name: &str| plan.steps.iter().find(|s| s.layer == name).unwrap();
+        // conv1 pads itself; the padding layer is an alias.
+        assert!(matches!(
+            step("conv1").op,
+            StepOp::Conv {
+                padding: Padding::Zeros(3),
+                ..
+            }
+        ));
+        assert_eq!(step("zero_padding2d").op, StepOp::Alias);
+        // The convolution block's 1×1 conv before a 2×2 pool: 11×11 → 10×10.
+        let StepOp::Conv { crop, .. } = step("res_2_conv_a").op else {
+            panic!("res_2_conv_a is a convolution")
+        };
+        assert_eq!(crop, [10, 10]);
+        // bn_conv1 is fused with the ReLU after it, which becomes an alias.
+        assert!(matches!(
+            step("bn_conv1").op,
+            StepOp::BatchNorm { relu: true, .. }
+        ));
+        assert_eq!(step("activation").op, StepOp::Alias);
+        // A batch norm before an Add is not fused.
+        assert!(matches!(
+            step("bn_2_conv_c").op,
+            StepOp::BatchNorm { relu: false, .. }
+        ));
+        let fused = plan
+            .steps
+            .iter()
+            .filter(|s| matches!(s.op, StepOp::BatchNorm { relu: true, .. }))
+            .count();
+        let aliases = plan.steps.iter().filter(|s| s.op == StepOp::Alias).count();
+        assert_eq!(
+            aliases,
+            fused + 1,
+            "each fused ReLU and the padding are aliases"
+        );
+    }
+
+    #[test]
+    fn every_output_is_released_once_after_its_last_reader() {
+        let plan = Plan::of(&Architecture::resnet(5));
+        let n = plan.steps.len();
+        let mut released = vec![0; n];
+        for (i, s) in plan.steps.iter().enumerate() {
+            for &j in &s.last_use {
+                released[j] += 1;
+                assert!(j < i);
+                assert!(plan.steps[i + 1..].iter().all(|l| !l.inputs.contains(&j)));
+            }
+        }
+        // Everything but the logits is read by someone.
+        assert!(released[..n - 1].iter().all(|&r| r == 1), "{released:?}");
+        assert_eq!(released[n - 1], 0);
+    }
+}
