@@ -17,6 +17,7 @@ use crate::engine::ops::conv2d::{Conv2d, Padding};
 use crate::engine::optim::ParamSet;
 use crate::engine::tape::Tape;
 use crate::engine::{Gpu, Tensor};
+use crate::fer::checkpoint::{self, NamedTensor};
 use crate::fer::data::SIDE;
 use crate::fer::plan::{Plan, StepOp};
 
@@ -352,6 +353,30 @@ impl Architecture {
         b.arch
     }
 
+    /// Every tensor a weights file holds, in `params` order: (name, shape).
+    pub fn expected_tensors(&self) -> Vec<(String, Vec<usize>)> {
+        self.params
+            .iter()
+            .map(|p| (p.name.clone(), p.shape.clone()))
+            .collect()
+    }
+
+    /// The two flat vectors (trainable, moving statistics) filled from
+    /// tensors in `params` order, as `checkpoint::load` returns them.
+    pub fn scatter(&self, tensors: &[NamedTensor]) -> (Vec<f32>, Vec<f32>) {
+        let mut trainable = vec![0.0; self.trainable_len];
+        let mut moving = vec![0.0; self.moving_len];
+        for (p, t) in self.params.iter().zip(tensors) {
+            let dst = if p.trainable {
+                &mut trainable
+            } else {
+                &mut moving
+            };
+            dst[p.offset..p.offset + p.len()].copy_from_slice(&t.data);
+        }
+        (trainable, moving)
+    }
+
     pub fn param_count(&self) -> (usize, usize) {
         let trainable = self
             .params
@@ -620,7 +645,7 @@ pub const META_CLASSES: &str = "classes";
 
 impl Model {
     /// Every parameter as a named tensor (Keras layouts), read back from the GPU.
-    pub fn named_tensors(&self) -> Result<Vec<crate::fer::checkpoint::NamedTensor>> {
+    pub fn named_tensors(&self) -> Result<Vec<NamedTensor>> {
         let (t, m) = self.read_values()?;
         Ok(self
             .arch
@@ -628,7 +653,7 @@ impl Model {
             .iter()
             .map(|p| {
                 let src = if p.trainable { &t } else { &m };
-                crate::fer::checkpoint::NamedTensor {
+                NamedTensor {
                     name: p.name.clone(),
                     shape: p.shape.clone(),
                     data: src[p.offset..p.offset + p.len()].to_vec(),
@@ -658,7 +683,7 @@ impl Model {
         for (k, v) in extra {
             meta.insert(k.to_string(), v.clone());
         }
-        crate::fer::checkpoint::save(path, &self.named_tensors()?, &meta)
+        checkpoint::save(path, &self.named_tensors()?, &meta)
     }
 
     /// Load a weights file; the class count comes from its metadata (or from
@@ -668,7 +693,7 @@ impl Model {
         let origin = path.display().to_string();
         let bytes = std::fs::read(path)
             .map_err(|e| anyhow::anyhow!("{origin}: cannot read the weights file: {e}"))?;
-        let (meta, shapes) = crate::fer::checkpoint::peek(&bytes, &origin)?;
+        let (meta, shapes) = checkpoint::peek(&bytes, &origin)?;
         let names: Option<Vec<String>> = match meta.get(META_CLASSES) {
             Some(s) => Some(serde_json::from_str(s).map_err(|e| {
                 anyhow::anyhow!("{origin}: metadata `classes` is not a JSON list of names: {e}")
@@ -693,22 +718,8 @@ impl Model {
         );
         let names = names.unwrap_or_else(|| crate::fer::data::default_class_names(num_classes));
         let arch = Architecture::resnet(num_classes);
-        let expected: Vec<(String, Vec<usize>)> = arch
-            .params
-            .iter()
-            .map(|p| (p.name.clone(), p.shape.clone()))
-            .collect();
-        let weights = crate::fer::checkpoint::load_bytes(&bytes, &origin, &expected)?;
-        let mut trainable = vec![0.0; arch.trainable_len];
-        let mut moving = vec![0.0; arch.moving_len];
-        for (p, t) in arch.params.iter().zip(&weights.tensors) {
-            let dst = if p.trainable {
-                &mut trainable
-            } else {
-                &mut moving
-            };
-            dst[p.offset..p.offset + p.len()].copy_from_slice(&t.data);
-        }
+        let weights = checkpoint::load_bytes(&bytes, &origin, &arch.expected_tensors())?;
+        let (trainable, moving) = arch.scatter(&weights.tensors);
         Ok((Model::from_values(gpu, arch, &trainable, &moving)?, names))
     }
 }

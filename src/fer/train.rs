@@ -568,11 +568,7 @@ fn load_resume(
     arch: Architecture,
 ) -> Result<(Model, LoopState, Vec<f32>, Vec<f32>)> {
     let len = arch.trainable_len;
-    let mut expected: Vec<(String, Vec<usize>)> = arch
-        .params
-        .iter()
-        .map(|p| (p.name.clone(), p.shape.clone()))
-        .collect();
+    let mut expected = arch.expected_tensors();
     expected.push(("optimizer.m".into(), vec![len]));
     expected.push(("optimizer.v".into(), vec![len]));
     let w = checkpoint::load(path, &expected)?;
@@ -584,16 +580,7 @@ fn load_resume(
                     path.display()
                 )
             })?;
-    let mut trainable = vec![0.0; arch.trainable_len];
-    let mut moving = vec![0.0; arch.moving_len];
-    for (p, t) in arch.params.iter().zip(&w.tensors) {
-        let dst = if p.trainable {
-            &mut trainable
-        } else {
-            &mut moving
-        };
-        dst[p.offset..p.offset + p.len()].copy_from_slice(&t.data);
-    }
+    let (trainable, moving) = arch.scatter(&w.tensors);
     let n = w.tensors.len();
     let (m, v) = (w.tensors[n - 2].data.clone(), w.tensors[n - 1].data.clone());
     Ok((
