@@ -14,9 +14,11 @@ use std::sync::{Arc, Mutex, Weak};
 use anyhow::{Result, anyhow, bail};
 
 use crate::engine::profile::{DispatchTime, Profiler};
+use crate::engine::record::{Binding, Recording};
 use crate::engine::tensor::{Storage, Tensor};
 
 /// A WGSL source compiled into the binary.
+#[derive(Clone, Copy, Debug)]
 pub struct Shader {
     pub name: &'static str,
     pub source: &'static str,
@@ -27,6 +29,10 @@ pub struct Shader {
 /// exactly the bindings the entry point uses.
 pub struct Kernel {
     pub name: String,
+    /// What it was compiled from, for recordings.
+    shader: Shader,
+    entry: String,
+    constants: Vec<(String, f64)>,
     id: u64,
     pipeline: wgpu::ComputePipeline,
     layout: wgpu::BindGroupLayout,
@@ -110,6 +116,7 @@ struct Inner {
     /// Work the next dispatch does, as its op declared it (profiles only).
     flops_note: Mutex<Option<f64>>,
     profiler: Mutex<Option<Profiler>>,
+    recording: Mutex<Option<Recording>>,
 }
 
 /// Bytes are rounded up to this so that any tensor can also be bound as
@@ -288,6 +295,7 @@ impl Gpu {
             scope: Mutex::new((Arc::from(""), "")),
             flops_note: Mutex::new(None),
             profiler: Mutex::new(None),
+            recording: Mutex::new(None),
             stats: Mutex::default(),
         })))
     }
@@ -536,6 +544,9 @@ impl Gpu {
         let layout = pipeline.get_bind_group_layout(0);
         let kernel = Arc::new(Kernel {
             name: key.clone(),
+            shader: *shader,
+            entry: entry.to_string(),
+            constants: constants.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
             id: self.next_id(),
             pipeline,
             layout,
@@ -628,6 +639,29 @@ impl Gpu {
             );
         }
         let bind_group = self.bind_group(kernel, params, tensors);
+        if let Some(rec) = self.0.recording.lock().unwrap().as_mut() {
+            let bindings = tensors
+                .iter()
+                .map(|(slot, t)| {
+                    let b = Binding {
+                        slot: *slot,
+                        buffer: t.storage_id(),
+                        offset: t.byte_offset(),
+                        size: t.binding_bytes(),
+                    };
+                    (b, t.storage_bytes())
+                })
+                .collect();
+            let shader = (kernel.shader.name, kernel.shader.source);
+            rec.dispatch(
+                shader,
+                &kernel.entry,
+                &kernel.constants,
+                params,
+                bindings,
+                grid,
+            );
+        }
         let flops = self.0.flops_note.lock().unwrap().take();
         let mut profiler = self.0.profiler.lock().unwrap();
         let timestamp_writes = profiler
@@ -805,6 +839,16 @@ impl Gpu {
                 dst.shape()
             );
         }
+        if let Some(rec) = self.0.recording.lock().unwrap().as_mut() {
+            let at = |t: &Tensor, i: usize| {
+                (
+                    t.storage_id(),
+                    t.byte_offset() + i as u64 * 4,
+                    t.storage_bytes(),
+                )
+            };
+            rec.copy(at(src, src_at), at(dst, dst_at), len as u64 * 4);
+        }
         self.with_encoder(|enc| {
             enc.copy_buffer_to_buffer(
                 src.buffer(),
@@ -881,6 +925,21 @@ impl Gpu {
         };
         let period = self.0.queue.get_timestamp_period() as f64;
         Ok(resolved.times(&ticks, period))
+    }
+
+    /// Capture every dispatch and copy from now until `finish_recording`
+    /// (they still run as usual).
+    pub fn start_recording(&self) {
+        *self.0.recording.lock().unwrap() = Some(Recording::default());
+    }
+
+    pub fn finish_recording(&self) -> Result<Recording> {
+        self.0
+            .recording
+            .lock()
+            .unwrap()
+            .take()
+            .ok_or_else(|| anyhow!("finish_recording without start_recording"))
     }
 
     /// Drop every pooled buffer and cached bind group (e.g. after switching

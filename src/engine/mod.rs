@@ -10,6 +10,7 @@ pub mod nn;
 pub mod ops;
 pub mod optim;
 pub mod profile;
+pub mod record;
 pub mod tape;
 pub mod tensor;
 

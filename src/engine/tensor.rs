@@ -123,6 +123,16 @@ impl Tensor {
         self.storage.buffer.as_ref().expect("tensor buffer")
     }
 
+    /// The id of the buffer this tensor lives in (as recordings name it).
+    pub fn buffer_id(&self) -> u64 {
+        self.storage.id
+    }
+
+    /// Where this tensor starts in its buffer, in bytes.
+    pub fn buffer_offset(&self) -> u64 {
+        self.byte_offset()
+    }
+
     pub(crate) fn storage_id(&self) -> u64 {
         self.storage.id
     }
