@@ -7,6 +7,7 @@ pub mod bench;
 pub mod checkpoint;
 pub mod data;
 pub mod eval;
+pub mod files;
 pub mod fuzzing;
 pub mod image_input;
 pub mod model;
