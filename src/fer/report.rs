@@ -137,29 +137,38 @@ fn draw_curves(area: &Area, title: &str, y_name: &str, curves: &[Curve]) -> Resu
         .light_line_style(TRANSPARENT)
         .draw()?;
     for curve in curves {
-        // A non-finite value breaks the curve: no line is drawn across it.
-        for run in curve.points.split(|(_, y)| !y.is_finite()) {
-            let style = curve.color.stroke_width(2);
-            chart.draw_series(LineSeries::new(run.iter().copied(), style))?;
-            if curve.points.len() <= 60 {
-                let dot = |&p: &(f64, f64)| Circle::new(p, 4, curve.color.filled());
-                chart.draw_series(run.iter().map(dot))?;
-            }
-        }
+        draw_curve(&mut chart, curve)?;
     }
     if !curves
         .iter()
         .flat_map(|c| &c.points)
         .any(|p| p.1.is_finite())
     {
-        let note = text_style(18.0).pos(centred());
-        let (w, h) = chart.plotting_area().dim_in_pixel();
-        let centre = (w as i32 / 2, h as i32 / 2);
-        chart.plotting_area().strip_coord_spec().draw_text(
+        let area = chart.plotting_area().strip_coord_spec();
+        let (w, h) = area.dim_in_pixel();
+        let style = text_style(18.0).color(&NOTE).pos(centred());
+        area.draw_text(
             "no finite values to plot",
-            &note.color(&NOTE),
-            centre,
+            &style,
+            (w as i32 / 2, h as i32 / 2),
         )?;
+    }
+    Ok(())
+}
+
+type CurveChart<'a, 'b> =
+    ChartContext<'a, BitMapBackend<'b>, Cartesian2d<TickedAxis, RangedCoordf64>>;
+
+/// A curve as lines with a marker per epoch (markers only while they do not
+/// crowd). A non-finite value breaks the curve: no line is drawn across it.
+fn draw_curve(chart: &mut CurveChart, curve: &Curve) -> Result<()> {
+    let line = curve.color.stroke_width(2);
+    let dot = |&p: &(f64, f64)| Circle::new(p, 4, curve.color.filled());
+    for run in curve.points.split(|(_, y)| !y.is_finite()) {
+        chart.draw_series(LineSeries::new(run.iter().copied(), line))?;
+        if curve.points.len() <= 60 {
+            chart.draw_series(run.iter().map(dot))?;
+        }
     }
     Ok(())
 }
