@@ -100,7 +100,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     }
     let e = eval::evaluate(&model, &ds, &class_names, a.tta == Tta::Flip)?;
     if a.json {
-        println!("{}", e.to_json());
+        println!("{}", serde_json::to_string(&e.to_json())?);
     } else {
         println!(
             "weights {}\ndata {} ({:?} split)   adapter {}\n{}",

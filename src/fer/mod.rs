@@ -8,6 +8,7 @@ pub mod checkpoint;
 pub mod data;
 pub mod eval;
 pub mod export;
+pub mod files;
 pub mod fuzzing;
 pub mod image_input;
 pub mod model;

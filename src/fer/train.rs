@@ -19,9 +19,10 @@ use serde::{Deserialize, Serialize};
 use crate::engine::Gpu;
 use crate::engine::ops::adam::AdamConfig;
 use crate::fer::augment::{AugmentConfig, Augmenter, to_f32};
-use crate::fer::checkpoint::{self, NamedTensor, write_atomic};
+use crate::fer::checkpoint::{self, NamedTensor};
 use crate::fer::data::{self, Dataset, LoadOptions, PIXELS};
 use crate::fer::eval::{self, Evaluation};
+use crate::fer::files::write_atomic;
 use crate::fer::model::{Architecture, Model};
 use crate::fer::report;
 use crate::fer::trainer::Trainer;
@@ -591,23 +592,78 @@ fn load_resume(
     ))
 }
 
-fn write_history(out: &Path, history: &[EpochRecord]) -> Result<()> {
-    let mut csv =
-        String::from("epoch,train_loss,train_acc,val_loss,val_acc,seconds,images_per_s,lr\n");
-    for r in history {
-        csv += &format!(
-            "{},{:.6},{:.6},{:.6},{:.6},{:.2},{:.1},{:e}\n",
-            r.epoch,
-            r.train_loss,
-            r.train_acc,
-            r.val_loss,
-            r.val_acc,
-            r.seconds,
-            r.images_per_s,
-            r.lr
-        );
+/// One row of `history.csv`, rounded as the file has always been.
+#[derive(Serialize)]
+struct HistoryRow {
+    epoch: usize,
+    #[serde(serialize_with = "decimals::<6, _>")]
+    train_loss: f64,
+    #[serde(serialize_with = "decimals::<6, _>")]
+    train_acc: f64,
+    #[serde(serialize_with = "decimals::<6, _>")]
+    val_loss: f64,
+    #[serde(serialize_with = "decimals::<6, _>")]
+    val_acc: f64,
+    #[serde(serialize_with = "decimals::<2, _>")]
+    seconds: f64,
+    #[serde(serialize_with = "decimals::<1, _>")]
+    images_per_s: f64,
+    #[serde(serialize_with = "scientific")]
+    lr: f32,
+}
+
+/// `history.csv`'s header: written even before the first epoch ends (the
+/// `csv` writer only writes a header with a first row). A test checks that it
+/// matches [`HistoryRow`].
+const HISTORY_HEADER: [&str; 8] = [
+    "epoch",
+    "train_loss",
+    "train_acc",
+    "val_loss",
+    "val_acc",
+    "seconds",
+    "images_per_s",
+    "lr",
+];
+
+impl From<&EpochRecord> for HistoryRow {
+    fn from(r: &EpochRecord) -> Self {
+        HistoryRow {
+            epoch: r.epoch,
+            train_loss: r.train_loss,
+            train_acc: r.train_acc,
+            val_loss: r.val_loss,
+            val_acc: r.val_acc,
+            seconds: r.seconds,
+            images_per_s: r.images_per_s,
+            lr: r.lr,
+        }
     }
-    write_atomic(&out.join("history.csv"), csv.as_bytes())?;
+}
+
+fn decimals<const D: usize, S: serde::Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&format_args!("{v:.D$}"))
+}
+
+fn scientific<S: serde::Serializer>(v: &f32, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&format_args!("{v:e}"))
+}
+
+/// The history as CSV, header first.
+fn history_csv(history: &[EpochRecord]) -> Result<Vec<u8>> {
+    let mut csv = csv::WriterBuilder::new()
+        .has_headers(false)
+        .from_writer(Vec::new());
+    csv.write_record(HISTORY_HEADER)?;
+    for r in history {
+        csv.serialize(HistoryRow::from(r))?;
+    }
+    csv.into_inner()
+        .map_err(|e| anyhow!("cannot write the history as CSV: {}", e.error()))
+}
+
+fn write_history(out: &Path, history: &[EpochRecord]) -> Result<()> {
+    write_atomic(&out.join("history.csv"), &history_csv(history)?)?;
     let points: Vec<report::EpochPoint> = history
         .iter()
         .map(|r| report::EpochPoint {
@@ -732,5 +788,37 @@ mod tests {
             s.end_epoch(r, &c);
         }
         assert_eq!(s.lr, Some(MIN_LR));
+    }
+
+    #[test]
+    fn history_csv_keeps_its_header_and_rounding() {
+        let record = EpochRecord {
+            epoch: 3,
+            train_loss: 1.23456789,
+            train_acc: 0.5,
+            val_loss: f64::NAN,
+            val_acc: 0.25,
+            seconds: 12.345,
+            images_per_s: 170.06,
+            lr: 0.001,
+        };
+        let text = String::from_utf8(history_csv(std::slice::from_ref(&record)).unwrap()).unwrap();
+        assert_eq!(
+            text,
+            "epoch,train_loss,train_acc,val_loss,val_acc,seconds,images_per_s,lr\n\
+             3,1.234568,0.500000,NaN,0.250000,12.35,170.1,1e-3\n"
+        );
+        assert_eq!(
+            String::from_utf8(history_csv(&[]).unwrap())
+                .unwrap()
+                .lines()
+                .count(),
+            1
+        );
+        // The fixed header is the one serde derives from the row.
+        let mut derived = csv::Writer::from_writer(Vec::new());
+        derived.serialize(HistoryRow::from(&record)).unwrap();
+        let derived = String::from_utf8(derived.into_inner().unwrap()).unwrap();
+        assert_eq!(derived.lines().next(), text.lines().next());
     }
 }
