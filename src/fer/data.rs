@@ -61,7 +61,8 @@ pub struct Dataset {
     pub labels: Vec<u8>,
     /// `Some` when the file had a Usage column.
     pub usage: Option<Vec<Usage>>,
-    /// `LoadOptions::classes` if given, else max label + 1 but at least 5.
+    /// `LoadOptions::classes` if given, else max label + 1 but at least the layout's
+    /// count ([`layout_classes`]: 5, or Kaggle's 7 with a Usage column).
     pub num_classes: usize,
     /// Rows skipped because of `LoadOptions::skip_bad_rows`.
     pub skipped_rows: usize,
@@ -118,7 +119,8 @@ impl Dataset {
 pub struct LoadOptions {
     /// Skip and count bad rows instead of stopping at the first one.
     pub skip_bad_rows: bool,
-    /// Number of classes; labels must be below it. `None`: max label + 1, at least 5.
+    /// Number of classes; labels must be below it. `None`: max label + 1, at least the
+    /// layout's count (5, or 7 with a Usage column).
     pub classes: Option<usize>,
     /// Read at most this many good rows.
     pub limit: Option<usize>,
@@ -386,11 +388,12 @@ pub fn read_csv<R: std::io::Read>(reader: R, name: &str, opts: &LoadOptions) -> 
         bail!("{name}: all {skipped} data rows are bad (skipped); nothing to load");
     }
     let max_label = labels.iter().copied().max().map_or(0, |m| m as usize + 1);
+    let layout = if usage.is_some() { 7 } else { 5 };
     Ok(Dataset {
         pixels,
         labels,
         usage,
-        num_classes: opts.classes.unwrap_or(max_label.max(5)),
+        num_classes: opts.classes.unwrap_or(max_label.max(layout)),
         skipped_rows: skipped,
     })
 }
@@ -616,6 +619,51 @@ pub fn default_class_names(num_classes: usize) -> Vec<String> {
         _ => return (0..num_classes).map(|i| format!("class{i}")).collect(),
     };
     names.iter().map(|s| s.to_string()).collect()
+}
+
+/// The class count a file's layout implies: Kaggle's 7 with a Usage column, else the
+/// tutorial's 5.
+pub fn layout_classes(ds: &Dataset) -> usize {
+    if ds.usage.is_some() { 7 } else { 5 }
+}
+
+/// Refuse weights whose classes are not the data's: the labels would be read as other
+/// expressions and the scores would be silently wrong (a 7-class model on the tutorial's
+/// 5-class file calls its "sad" rows "fear").
+///
+/// A CSV names no classes, so the data's classes are what its labels and layout show:
+/// every label must be below the weights' count, and that count must be one more than the
+/// largest label, or the layout's (5, or 7 with a Usage column; a small file may lack the
+/// last classes).
+/// The error names both lists. Callers that let the user declare the data's class count
+/// (`eval --classes N`) load with that count and skip this check when it equals the weights'.
+pub fn check_classes(weights: &[String], ds: &Dataset) -> Result<()> {
+    let m = weights.len();
+    let seen = ds
+        .labels
+        .iter()
+        .copied()
+        .max()
+        .map_or(0, |l| l as usize + 1);
+    let layout = layout_classes(ds);
+    if seen <= m && (seen == m || layout == m) {
+        return Ok(());
+    }
+    let data = seen.max(layout);
+    let why = if seen > m {
+        format!("it has labels up to {}", seen - 1)
+    } else if ds.usage.is_some() {
+        "Kaggle's layout, with a Usage column".to_string()
+    } else {
+        "the tutorial's layout, without a Usage column".to_string()
+    };
+    bail!(
+        "the weights have {m} classes ({}) but the data has {data} ({}; {why}): its labels would \
+         be read as other expressions. Use weights trained on this data's classes; if its labels \
+         really are the weights' class numbers, say so with --classes {m}",
+        weights.join(", "),
+        default_class_names(data).join(", "),
+    )
 }
 
 /// Comma-separated class names (trimmed); there must be exactly `num_classes` distinct,
@@ -940,6 +988,36 @@ mod tests {
         assert_ne!(a, epoch_order(1000, 7, 4));
         assert_ne!(a, epoch_order(1000, 8, 3));
         assert!(epoch_order(0, 1, 1).is_empty());
+    }
+
+    #[test]
+    fn weights_and_data_with_other_classes_are_refused() {
+        let names = |n| default_class_names(n);
+        let tutorial = fake(100); // labels 0..=4, no Usage column
+        check_classes(&names(5), &tutorial).unwrap();
+        // The issue's case: 7-class weights on the tutorial's file.
+        let e = format!("{:#}", check_classes(&names(7), &tutorial).unwrap_err());
+        assert!(
+            e.contains("the weights have 7 classes (angry, disgust, fear")
+                && e.contains("the data has 5 (anger, disgust, sad, happiness, surprise")
+                && e.contains("--classes 7"),
+            "{e}"
+        );
+        // Labels beyond the weights' classes.
+        let mut kaggle = fake(100);
+        kaggle.labels = (0..100).map(|i| (i % 7) as u8).collect();
+        kaggle.usage = Some(vec![Usage::Training; 100]);
+        check_classes(&names(7), &kaggle).unwrap();
+        let e = format!("{:#}", check_classes(&names(5), &kaggle).unwrap_err());
+        assert!(e.contains("labels up to 6"), "{e}");
+        // A small file may lack the last classes; a custom 3-class set fits 3-class weights.
+        let mut few = fake(10);
+        few.labels = vec![0, 1, 2, 1, 0, 2, 1, 0, 2, 1];
+        check_classes(&names(5), &few).unwrap();
+        check_classes(&names(3), &few).unwrap();
+        assert!(check_classes(&names(7), &few).is_err());
+        kaggle.labels.iter_mut().for_each(|l| *l %= 5);
+        check_classes(&names(7), &kaggle).unwrap();
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod fuzzing;
 pub mod image_input;
 pub mod model;
 pub mod predict;
+pub mod provenance;
 pub mod report;
 pub mod train;
 pub mod trainer;
