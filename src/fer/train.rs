@@ -426,25 +426,13 @@ impl Session<'_> {
         clock: &mut RunClock,
     ) -> Result<Ended> {
         let (config, train) = (self.config, &self.data.train);
-        let (epoch, batch, steps) = (state.epoch, config.batch_size, self.steps());
+        let (epoch, steps) = (state.epoch, self.steps());
         trainer.adam.config.lr = state.lr.unwrap_or(config.lr);
         let order = data::epoch_order(train.len(), config.seed, epoch);
-        let aug_config = AugmentConfig {
-            horizontal_flip: config.flip,
-            ..AugmentConfig::default()
-        };
-        let mut augmenter = Augmenter::new(aug_config, config.seed, epoch);
-        // A resumed epoch skips the transforms its finished steps consumed.
-        for _ in 0..state.step * batch {
-            augmenter.draw();
-        }
-        let mut pixels = vec![0u8; batch * PIXELS];
-        let mut images = vec![0f32; batch * PIXELS];
-        let mut labels = vec![0u8; batch];
+        let mut batch = Batch::new(config, epoch, state.step);
         let bar = progress_bar(self.req.quiet, steps, epoch, config.epochs);
         bar.set_position(state.step as u64);
-        let started = Instant::now();
-        let first_step = state.step;
+        let (started, first_step) = (Instant::now(), state.step);
         while state.step < steps {
             let stop_now = self
                 .req
@@ -454,17 +442,9 @@ impl Session<'_> {
                 bar.abandon();
                 return Ok(Ended::Interrupted);
             }
-            let idx = &order[state.step * batch..(state.step + 1) * batch];
-            for (j, &i) in idx.iter().enumerate() {
-                pixels[j * PIXELS..(j + 1) * PIXELS].copy_from_slice(train.image(i));
-                labels[j] = train.labels[i];
-            }
-            if config.augment {
-                augmenter.augment_batch(&pixels, &mut images);
-            } else {
-                to_f32(&pixels, &mut images);
-            }
-            let r = trainer.step(&images, &labels)?;
+            let size = config.batch_size;
+            batch.fill(train, &order[state.step * size..(state.step + 1) * size]);
+            let r = trainer.step(&batch.images, &batch.labels)?;
             clock.steps_done += 1;
             if !r.finite {
                 bar.abandon();
@@ -479,30 +459,34 @@ impl Session<'_> {
                 );
             }
             state.step += 1;
-            state.loss_sum += r.loss as f64 * batch as f64;
+            state.loss_sum += r.loss as f64 * size as f64;
             state.correct += r.correct as u64;
-            state.seen += batch as u64;
-            let (loss, acc) = (
-                state.loss_sum / state.seen as f64,
-                state.correct as f64 / state.seen as f64,
-            );
-            let eta = clock.eta(state.epoch, state.step);
-            bar.set_message(format!(
-                "loss {loss:.4} acc {acc:.4} {:.0} img/s  run ETA {eta}",
-                ((state.step - first_step) * batch) as f64
-                    / started.elapsed().as_secs_f64().max(1e-9)
-            ));
-            bar.inc(1);
-            if !self.req.quiet && bar.is_hidden() && state.step.is_multiple_of(50) {
-                eprintln!(
-                    "  epoch {} step {}/{steps}: loss {loss:.4} acc {acc:.4}  run ETA {eta}",
-                    epoch + 1,
-                    state.step,
-                );
-            }
+            state.seen += size as u64;
+            let rate = ((state.step - first_step) * size) as f64
+                / started.elapsed().as_secs_f64().max(1e-9);
+            self.show_progress(&bar, state, rate, &clock.eta(state.epoch, state.step));
         }
         bar.finish_and_clear();
         Ok(Ended::Trained)
+    }
+
+    /// The bar's message after a step, or every 50 steps a line when the bar is hidden
+    /// (stderr is not a terminal).
+    fn show_progress(&self, bar: &ProgressBar, state: &LoopState, rate: f64, eta: &str) {
+        let loss = state.loss_sum / state.seen as f64;
+        let acc = state.correct as f64 / state.seen as f64;
+        bar.set_message(format!(
+            "loss {loss:.4} acc {acc:.4} {rate:.0} img/s  run ETA {eta}"
+        ));
+        bar.inc(1);
+        if !self.req.quiet && bar.is_hidden() && state.step.is_multiple_of(50) {
+            eprintln!(
+                "  epoch {} step {}/{}: loss {loss:.4} acc {acc:.4}  run ETA {eta}",
+                state.epoch + 1,
+                state.step,
+                self.steps()
+            );
+        }
     }
 
     /// Validate, report, keep the best weights, book the epoch and save the progress.
@@ -582,6 +566,49 @@ impl Session<'_> {
         Ok(Outcome::Finished {
             test_accuracy: result.accuracy,
         })
+    }
+}
+
+/// One training batch's buffers, refilled every step, and the epoch's augmentation.
+struct Batch {
+    pixels: Vec<u8>,
+    images: Vec<f32>,
+    labels: Vec<u8>,
+    /// None with `--no-augment`.
+    augmenter: Option<Augmenter>,
+}
+
+impl Batch {
+    /// Buffers for `config.batch_size` faces; the augmentation stream of `epoch`, past the
+    /// transforms its first `step` steps used (a resumed epoch draws what it would have).
+    fn new(config: &RunConfig, epoch: usize, step: usize) -> Batch {
+        let size = config.batch_size;
+        let aug_config = AugmentConfig {
+            horizontal_flip: config.flip,
+            ..AugmentConfig::default()
+        };
+        let mut augmenter = Augmenter::new(aug_config, config.seed, epoch);
+        for _ in 0..step * size {
+            augmenter.draw();
+        }
+        Batch {
+            pixels: vec![0u8; size * PIXELS],
+            images: vec![0f32; size * PIXELS],
+            labels: vec![0u8; size],
+            augmenter: config.augment.then_some(augmenter),
+        }
+    }
+
+    /// The faces `idx` of `train`, augmented unless `--no-augment`.
+    fn fill(&mut self, train: &Dataset, idx: &[usize]) {
+        for (j, &i) in idx.iter().enumerate() {
+            self.pixels[j * PIXELS..(j + 1) * PIXELS].copy_from_slice(train.image(i));
+            self.labels[j] = train.labels[i];
+        }
+        match &mut self.augmenter {
+            Some(a) => a.augment_batch(&self.pixels, &mut self.images),
+            None => to_f32(&self.pixels, &mut self.images),
+        }
     }
 }
 
@@ -686,14 +713,22 @@ fn prepare_dir(req: &TrainRequest) -> Result<(RunConfig, Option<PathBuf>)> {
         "{}: no such file",
         config.data.display()
     );
+    let created = make_out_dir(out, req.force)?;
+    Ok((config, created))
+}
+
+/// Create `out` (and its parents) for a fresh run and check that it can be written; with
+/// `--force`, clear the old run's weights. Returns the topmost directory created.
+fn make_out_dir(out: &Path, force: bool) -> Result<Option<PathBuf>> {
+    // (A relative path's last ancestor is "", which never "exists".)
     let created = out
         .ancestors()
-        .take_while(|d| !d.exists())
+        .take_while(|d| !d.as_os_str().is_empty() && !d.exists())
         .last()
         .map(Path::to_path_buf);
     std::fs::create_dir_all(out)
         .with_context(|| format!("cannot create the output directory {}", out.display()))?;
-    if req.force {
+    if force {
         for f in [RESUME, BEST, LAST, "history.csv", "test_metrics.json"] {
             let _ = std::fs::remove_file(out.join(f));
         }
@@ -709,7 +744,7 @@ fn prepare_dir(req: &TrainRequest) -> Result<(RunConfig, Option<PathBuf>)> {
             out.display()
         )));
     }
-    Ok((config, created))
+    Ok(created)
 }
 
 /// After a failed run: when no epoch saved weights, remove what the run wrote before its
