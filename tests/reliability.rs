@@ -229,5 +229,62 @@ fn output_paths_and_limits_are_checked_before_training() {
         "{}",
         text(&o)
     );
+    // The failed run removed the directories it made, and only those.
+    assert!(
+        !dir.join("big").exists(),
+        "a failed run left its --out behind"
+    );
+    let mut deeper = big.clone();
+    let at = deeper.iter().position(|a| a == "--out").unwrap();
+    deeper[at + 1] = s(&dir.join("new").join("deeper")).to_string();
+    assert!(!run_args(&deeper).status.success());
+    assert!(
+        !dir.join("new").exists(),
+        "a failed run left its parents behind"
+    );
+    let kept = dir.join("kept");
+    std::fs::create_dir_all(&kept).unwrap();
+    deeper[at + 1] = s(&kept).to_string();
+    assert!(!run_args(&deeper).status.success());
+    assert!(kept.exists(), "a directory that was there before is kept");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_run_stopped_in_its_first_epoch_and_data_changed_under_a_run() {
+    let dir = temp_dir("first-epoch");
+    let data = dir.join("faces.csv");
+    std::fs::copy(sample_csv(), &data).unwrap();
+    let run = dir.join("run");
+    let mut args = short_run(&data, &run, 2);
+    args.extend(["--interrupt-after".into(), "1".into()]);
+    let o = run_args(&args);
+    assert_eq!(o.status.code(), Some(130), "{}", text(&o));
+
+    // No epoch finished: eval says so and offers what there is.
+    let o = wgfer(&["eval", "--run", s(&run)]);
+    let t = text(&o);
+    assert!(!o.status.success(), "{t}");
+    assert!(
+        t.contains("no epoch of the run")
+            && t.contains(&format!("wgfer train --resume {}", run.display()))
+            && t.contains("last.safetensors"),
+        "{t}"
+    );
+    assert!(!t.contains("cannot read the weights file"), "{t}");
+
+    // The data file changes: resuming would train on another split, so it is refused.
+    let fewer: String = std::fs::read_to_string(&data)
+        .unwrap()
+        .lines()
+        .take(400)
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&data, fewer).unwrap();
+    let o = wgfer(&["train", "--resume", s(&run), "--quiet"]);
+    let t = text(&o);
+    assert!(!o.status.success(), "{t}");
+    assert!(t.contains("has changed since the run"), "{t}");
+    assert!(run.join("resume.safetensors").exists(), "the run is kept");
     let _ = std::fs::remove_dir_all(&dir);
 }

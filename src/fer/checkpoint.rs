@@ -110,8 +110,34 @@ pub fn to_bytes(tensors: &[NamedTensor], metadata: &BTreeMap<String, String>) ->
                 .collect(),
         )
     };
-    safetensors::serialize(views.iter().map(|(n, v)| (*n, v)), info)
-        .map_err(|e| anyhow!("cannot serialize the tensors: {e}"))
+    let mut bytes = safetensors::serialize(views.iter().map(|(n, v)| (*n, v)), info)
+        .map_err(|e| anyhow!("cannot serialize the tensors: {e}"))?;
+    sort_metadata(&mut bytes, metadata)?;
+    Ok(bytes)
+}
+
+/// Put the header's `__metadata__` entries in key order, so that the same weights and
+/// metadata always give the same bytes. (The safetensors crate takes the metadata as a
+/// `HashMap` and writes it in that map's random order.) The crate writes the header as
+/// `{"__metadata__":{...},tensors...}`: the map is swapped in place for its sorted form,
+/// which has the same length, so no offset moves.
+fn sort_metadata(bytes: &mut [u8], metadata: &BTreeMap<String, String>) -> Result<()> {
+    if metadata.is_empty() {
+        return Ok(());
+    }
+    const PREFIX: &[u8] = br#"{"__metadata__":"#;
+    let sorted = serde_json::to_vec(metadata)?;
+    let start = 8 + PREFIX.len();
+    let region = bytes.get(start..start + sorted.len());
+    // Check that the region really is the metadata map before overwriting it.
+    let is_map = bytes.get(8..start) == Some(PREFIX)
+        && region.and_then(|r| serde_json::from_slice::<BTreeMap<String, String>>(r).ok())
+            == Some(metadata.clone());
+    if !is_map {
+        bail!("unexpected safetensors header layout: cannot sort its metadata");
+    }
+    bytes[start..start + sorted.len()].copy_from_slice(&sorted);
+    Ok(())
 }
 
 /// Read and validate against the expected (name, shape) list BEFORE returning
@@ -452,6 +478,28 @@ mod tests {
         want.reverse();
         assert_eq!(w.tensors, want);
         assert_eq!(w.metadata, meta);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_same_weights_and_metadata_give_the_same_bytes() {
+        let meta: BTreeMap<String, String> = (0..12)
+            .map(|i| (format!("key{i:02}"), format!("value \"{i}\"")))
+            .collect();
+        let dir = temp_dir("same-bytes");
+        let (a, b) = (dir.join("a.safetensors"), dir.join("b.safetensors"));
+        save(&a, &sample(), &meta).unwrap();
+        save(&b, &sample(), &meta).unwrap();
+        let (a_bytes, b_bytes) = (fs::read(&a).unwrap(), fs::read(&b).unwrap());
+        assert!(a_bytes == b_bytes, "two saves of the same weights differ");
+        // The keys are in order in the header, and the file still reads back.
+        let header = String::from_utf8_lossy(&a_bytes[..400]).into_owned();
+        let at: Vec<usize> = meta
+            .keys()
+            .map(|k| header.find(k.as_str()).unwrap())
+            .collect();
+        assert!(at.windows(2).all(|w| w[0] < w[1]), "{header}");
+        assert_eq!(load(&a, &expected_of(&sample())).unwrap().metadata, meta);
         fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -14,6 +14,7 @@ pub mod image_input;
 pub mod model;
 pub mod plan;
 pub mod predict;
+pub mod provenance;
 pub mod report;
 pub mod train;
 pub mod trainer;
