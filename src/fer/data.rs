@@ -527,7 +527,8 @@ pub struct Splits {
 }
 
 /// With a Usage column: Training -> train, PublicTest -> validation, PrivateTest -> test
-/// (each in file order).
+/// (each in file order). A file without PrivateTest rows (Kaggle's training copy) has its
+/// PublicTest rows halved with `seed`: the first half validation, the rest test.
 ///
 /// Without: the tutorial's seeded random split. The indices are shuffled with `seed`;
 /// `n_held = ceil(0.1 * n)` (computed in f64 exactly as sklearn's
@@ -540,10 +541,21 @@ pub fn split(ds: &Dataset, seed: u64) -> Result<Splits> {
     let n = ds.len();
     if let Some(usage) = &ds.usage {
         let pick = |u: Usage| -> Vec<usize> { (0..n).filter(|&i| usage[i] == u).collect() };
+        let (mut validation, mut test) = (pick(Usage::PublicTest), pick(Usage::PrivateTest));
+        if test.is_empty() && validation.len() >= 2 {
+            // Kaggle's file without its PrivateTest rows (the copy people pass
+            // around for training): PublicTest is halved, seeded, into
+            // validation and test.
+            let mut rng = StdRng::seed_from_u64(stream_seed(seed, STREAM_SPLIT, 0));
+            validation.shuffle(&mut rng);
+            test = validation.split_off(validation.len() / 2);
+            validation.sort_unstable();
+            test.sort_unstable();
+        }
         let s = Splits {
             train: pick(Usage::Training),
-            validation: pick(Usage::PublicTest),
-            test: pick(Usage::PrivateTest),
+            validation,
+            test,
         };
         for (split, list, u) in [
             ("train", &s.train, "Training"),
@@ -927,7 +939,22 @@ mod tests {
         assert_eq!(sub.labels, vec![6, 1]);
         assert_eq!(sub.num_classes, 7);
         assert_eq!(sub.usage.as_ref().unwrap().len(), 2);
-        // No PrivateTest rows: test split empty.
+        // No PrivateTest rows (Kaggle's training copy): PublicTest is halved,
+        // seeded, into validation and test.
+        let mut csv = String::from("emotion,pixels,Usage\n0,{g},Training\n".replace("{g}", &g));
+        for i in 0..9 {
+            csv += &format!("{},{g},PublicTest\n", i % 7);
+        }
+        let ds = load(&csv, &LoadOptions::default()).unwrap();
+        let s = split(&ds, 0).unwrap();
+        assert_eq!(s.train, vec![0]);
+        assert_eq!((s.validation.len(), s.test.len()), (4, 5));
+        let mut all: Vec<usize> = s.validation.iter().chain(&s.test).copied().collect();
+        all.sort_unstable();
+        assert_eq!(all, (1..10).collect::<Vec<_>>());
+        assert_eq!(split(&ds, 0).unwrap(), s, "same seed, same split");
+        assert_ne!(split(&ds, 1).unwrap().test, s.test, "another seed, another halving");
+        // One PublicTest row cannot be halved: the test split is empty.
         let csv = format!("emotion,pixels,Usage\n0,{g},Training\n1,{g},PublicTest\n");
         let ds = load(&csv, &LoadOptions::default()).unwrap();
         let e = format!("{:#}", split(&ds, 0).unwrap_err());

@@ -274,7 +274,11 @@ fn load_data(config: &mut RunConfig, log: &Log) -> Result<RunData> {
         config.class_names.len(),
         ds.num_classes
     );
-    let how = match ds.usage {
+    let how = match &ds.usage {
+        Some(u) if !u.contains(&data::Usage::PrivateTest) => format!(
+            "split from the Usage column (no PrivateTest rows: PublicTest halved, seed {})",
+            config.seed
+        ),
         Some(_) => "split from the Usage column".to_string(),
         None => format!("seeded 90/5/5 split (seed {})", config.seed),
     };
