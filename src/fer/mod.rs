@@ -9,6 +9,7 @@ pub mod data;
 pub mod eval;
 pub mod fuzzing;
 pub mod image_input;
+pub mod keras;
 pub mod model;
 pub mod predict;
 pub mod report;
