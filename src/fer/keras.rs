@@ -31,7 +31,7 @@ use hdf5_reader::group::Group;
 use hdf5_reader::{Attribute, Hdf5File, OpenOptions};
 
 use crate::fer::checkpoint::{self, NamedTensor};
-use crate::fer::model::{Architecture, metadata};
+use crate::fer::model::{Architecture, ParamInfo, metadata};
 
 /// The first bytes of every HDF5 file (at offset 0, where Keras writes it).
 const HDF5_MAGIC: &[u8] = b"\x89HDF\r\n\x1a\n";
@@ -40,15 +40,17 @@ const ZIP_MAGIC: &[u8] = b"PK\x03\x04";
 /// The weights inside a `.keras` archive, and its layer list.
 const ARCHIVE_WEIGHTS: &str = "model.weights.h5";
 const ARCHIVE_CONFIG: &str = "config.json";
-/// No Keras file of this model comes near this; a larger read is refused
+/// The model's weights take 4.7 MB; a file claiming more than this is refused
 /// rather than allocated (a corrupt or hostile file can claim any size).
-const MAX_BYTES: u64 = 1 << 30;
+const MAX_BYTES: u64 = 256 << 20;
 /// How many problems one error lists before it summarises the rest.
 const MAX_LISTED: usize = 12;
 /// The tutorial's last layer: its bias gives the number of classes.
 const DENSE_FINAL: &str = "Dense_final";
 
 /// True when `bytes` look like a Keras file (HDF5 or zip), whatever its name.
+/// A safetensors file cannot start so: its first 8 bytes are its header's
+/// length, and these would claim a header of tens of megabytes at least.
 pub fn is_keras(bytes: &[u8]) -> bool {
     bytes.starts_with(HDF5_MAGIC) || bytes.starts_with(ZIP_MAGIC)
 }
@@ -153,42 +155,13 @@ pub fn model_tensors(file: &KerasFile, origin: &str) -> Result<(Architecture, Ve
     let (mut problems, mut missing) = (vec![], vec![]);
     let mut tensors = vec![];
     for layer in arch.layers.iter().filter(|l| !l.params.is_empty()) {
-        let params: Vec<_> = layer.params.iter().map(|&i| &arch.params[i]).collect();
-        let Some(found) = by_name.remove(layer.name.as_str()) else {
-            missing.push(format!("layer `{}` is missing from the file", layer.name));
-            continue;
-        };
-        if found.weights.len() != params.len() {
-            problems.push(format!(
-                "layer `{}` ({}) holds {} weights, the model expects {} ({})",
-                layer.name,
-                found.path,
-                found.weights.len(),
-                params.len(),
-                params
-                    .iter()
-                    .map(|p| suffix(&p.name))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ));
-            continue;
-        }
-        for (p, w) in params.iter().zip(&found.weights) {
-            if w.shape != p.shape {
-                problems.push(format!(
-                    "layer `{}`: {} ({}) has shape {:?}, the model expects {:?}",
-                    layer.name,
-                    suffix(&p.name),
-                    w.name,
-                    w.shape,
-                    p.shape
-                ));
-            }
-            tensors.push(NamedTensor {
-                name: p.name.clone(),
-                shape: w.shape.clone(),
-                data: w.data.clone(),
-            });
+        let params: Vec<&ParamInfo> = layer.params.iter().map(|&i| &arch.params[i]).collect();
+        match by_name.remove(layer.name.as_str()) {
+            None => missing.push(format!("layer `{}` is missing from the file", layer.name)),
+            Some(found) => match take_layer(&layer.name, &params, found) {
+                Ok(mut taken) => tensors.append(&mut taken),
+                Err(mut wrong) => problems.append(&mut wrong),
+            },
         }
     }
     problems.append(&mut missing);
@@ -203,6 +176,49 @@ pub fn model_tensors(file: &KerasFile, origin: &str) -> Result<(Architecture, Ve
         bail!("{}", describe(origin, file.format, &problems));
     }
     Ok((arch, tensors))
+}
+
+/// One layer's weights under wgfer's names, or what does not fit in them.
+fn take_layer(
+    name: &str,
+    params: &[&ParamInfo],
+    found: &KerasLayer,
+) -> std::result::Result<Vec<NamedTensor>, Vec<String>> {
+    if found.weights.len() != params.len() {
+        let expected: Vec<&str> = params.iter().map(|p| suffix(&p.name)).collect();
+        return Err(vec![format!(
+            "layer `{name}` ({}) holds {} weights, the model expects {} ({})",
+            found.path,
+            found.weights.len(),
+            params.len(),
+            expected.join(", ")
+        )]);
+    }
+    let wrong: Vec<String> = params
+        .iter()
+        .zip(&found.weights)
+        .filter(|(p, w)| w.shape != p.shape)
+        .map(|(p, w)| {
+            format!(
+                "layer `{name}`: {} ({}) has shape {:?}, the model expects {:?}",
+                suffix(&p.name),
+                w.name,
+                w.shape,
+                p.shape
+            )
+        })
+        .collect();
+    if !wrong.is_empty() {
+        return Err(wrong);
+    }
+    Ok(params
+        .iter()
+        .zip(&found.weights)
+        .map(|(p, w)| NamedTensor {
+            name: p.name.clone(),
+            ..w.clone()
+        })
+        .collect())
 }
 
 /// A Keras file converted to wgfer's format.
@@ -245,6 +261,9 @@ pub fn convert(bytes: &[u8], origin: &str, classes: Option<&str>) -> Result<Conv
 /// tutorial's `res_2_conv_copy` comes before `res_2_conv_c`.
 pub fn keras_order(arch: &Architecture) -> Vec<usize> {
     let n = arch.layers.len();
+    if n == 0 {
+        return vec![];
+    }
     let mut depth = vec![0usize; n];
     // Layers are stored inputs-first, so walking backwards settles each
     // layer's depth before its inputs are reached.
@@ -305,7 +324,8 @@ fn slot_stem(class: &str) -> Option<&'static str> {
 /// Each layer of the file with its name: the file's own, else the one its
 /// slot has in the tutorial's model.
 fn name_layers<'a>(file: &'a KerasFile, origin: &str) -> Result<Vec<(String, &'a KerasLayer)>> {
-    let arch = Architecture::resnet(2);
+    // Names and order do not depend on the class count.
+    let arch = Architecture::resnet(5);
     let slots = slot_names(keras_order(&arch).into_iter().map(|i| {
         let l = &arch.layers[i];
         (l.op.keras_type(), l.name.as_str())
@@ -366,7 +386,8 @@ fn read_archive(bytes: &[u8], origin: &str) -> Result<KerasFile> {
         .and_then(|root| root.group("layers"))
         .map_err(|e| anyhow!("{inner}: no `layers` group: {e}"))?;
     let mut layers = read_keras3(&layers, &inner)?;
-    if let Some(config) = config {
+    // Needed only where the weights do not name their layers (Keras 3.3).
+    if let Some(config) = config.filter(|_| layers.iter().any(|l| l.name.is_none())) {
         let slots = config_slots(&config, origin)?;
         for layer in layers.iter_mut().filter(|l| l.name.is_none()) {
             let slot = layer.path.rsplit('/').next().unwrap_or_default();
