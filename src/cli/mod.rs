@@ -2,6 +2,7 @@
 //! a small `run` that calls into the tool (`wgfer::fer`). Nothing else lives here.
 
 pub mod bench;
+pub mod convert;
 pub mod eval;
 pub mod info;
 pub mod predict;
@@ -52,6 +53,7 @@ enum Command {
     Summary(summary::Args),
     Bench(bench::Args),
     Info(info::Args),
+    Convert(convert::Args),
 }
 
 impl Cli {
@@ -64,6 +66,7 @@ impl Cli {
             Command::Summary(a) => summary::run(a),
             Command::Bench(a) => bench::run(a),
             Command::Info(a) => info::run(a),
+            Command::Convert(a) => convert::run(a),
         }
     }
 }

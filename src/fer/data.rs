@@ -941,7 +941,7 @@ mod tests {
         assert_eq!(sub.usage.as_ref().unwrap().len(), 2);
         // No PrivateTest rows (Kaggle's training copy): PublicTest is halved,
         // seeded, into validation and test.
-        let mut csv = String::from("emotion,pixels,Usage\n0,{g},Training\n".replace("{g}", &g));
+        let mut csv = format!("emotion,pixels,Usage\n0,{g},Training\n");
         for i in 0..9 {
             csv += &format!("{},{g},PublicTest\n", i % 7);
         }

@@ -11,6 +11,7 @@ pub mod export;
 pub mod files;
 pub mod fuzzing;
 pub mod image_input;
+pub mod keras;
 pub mod model;
 pub mod plan;
 pub mod predict;
