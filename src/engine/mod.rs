@@ -12,5 +12,5 @@ pub mod optim;
 pub mod tape;
 pub mod tensor;
 
-pub use gpu::{Gpu, Shader};
+pub use gpu::{Gpu, Kernels, Shader};
 pub use tensor::Tensor;
