@@ -690,3 +690,33 @@ fn quiet_is_accepted_by_every_command() {
     let o = wgfer(&["info", "-q"]);
     assert!(text(&o).contains("wgfer uses:"), "{}", text(&o));
 }
+
+/// `WGFER_KERNELS` is read when the GPU is opened: `portable` shows in
+/// `wgfer info`, unset means the fastest kernels, and another value is an
+/// error naming the accepted ones.
+#[test]
+fn wgfer_kernels_chooses_the_kernels_and_refuses_unknown_values() {
+    let info = |value: Option<&str>| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_wgfer"));
+        cmd.arg("info")
+            .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+            .env_remove("WGFER_KERNELS");
+        if let Some(v) = value {
+            cmd.env("WGFER_KERNELS", v);
+        }
+        cmd.output().expect("run wgfer")
+    };
+    let o = info(Some("portable"));
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("kernels portable"), "{}", text(&o));
+    let o = info(None);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("kernels fastest"), "{}", text(&o));
+    let o = info(Some("fast"));
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("WGFER_KERNELS=fast") && text(&o).contains("`portable`"),
+        "{}",
+        text(&o)
+    );
+}

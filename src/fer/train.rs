@@ -777,6 +777,9 @@ pub fn check_limits(gpu: &Gpu, arch: &Architecture, batch: usize) -> Result<()> 
         .layers
         .iter()
         .map(|l| l.output_shape.iter().product::<usize>())
+        // The first convolution's im2col matrix, the one large tensor that is
+        // no layer's output: 24×24 positions by 7·7 taps, roughly (its rows
+        // are padded to 52). conv1's own output, 24×24×64, is larger anyway.
         .chain([24 * 24 * 7 * 7 + 64])
         .max()
         .unwrap_or(0);
