@@ -2,11 +2,13 @@
 //! augmentation, the tutorial's ResNet, the training loop, checkpoints,
 //! evaluation, prediction, benchmarks and report pictures.
 
+pub mod annotate;
 pub mod augment;
 pub mod bench;
 pub mod checkpoint;
 pub mod data;
 pub mod eval;
+pub mod faces;
 pub mod fuzzing;
 pub mod image_input;
 pub mod model;
