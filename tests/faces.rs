@@ -232,7 +232,7 @@ fn a_cropped_fer_face_is_found_again_on_the_retry() {
         first += !detector.detect(&face).is_empty() as usize;
         retried += !detector.detect_with_retry(&face).is_empty() as usize;
     }
-    assert!(first < 15, "{first} of 50 found without the retry");
+    assert!(first < 10, "{first} of 50 found without the retry");
     assert!(retried >= 35, "{retried} of 50 found with the retry");
 }
 
@@ -242,5 +242,6 @@ fn the_bench_photo_row_runs() {
     let b = bench_photos(&model, 1).unwrap();
     assert_eq!(b.faces_found, 5);
     assert!(b.detect_640x480_ms > 0.0 && b.end_to_end_1920x1280_ms > b.detect_640x480_ms);
+    assert!(b.decode_ms > 0.0 && b.detect_ms > 0.0 && b.crop_ms > 0.0 && b.classify_ms > 0.0);
     assert_eq!(collage().unwrap().dimensions(), (1920, 1280));
 }

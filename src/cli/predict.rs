@@ -50,6 +50,9 @@ pub struct Args {
     /// Write DIR/<input name>.png for each picture: its faces boxed and labelled.
     #[arg(long, value_name = "DIR")]
     annotate: Option<PathBuf>,
+    /// Threads that decode pictures and search them for faces (default: one per core, at most 8).
+    #[arg(long, value_name = "N")]
+    threads: Option<usize>,
     /// No progress bar (it is shown on a terminal for more than a few inputs).
     #[arg(long)]
     quiet: bool,
@@ -84,6 +87,9 @@ pub fn run(a: Args) -> Result<ExitCode> {
             keep_image: a.annotate.is_some(),
         },
         tta_flip: a.tta == Tta::Flip,
+        workers: a
+            .threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get().min(8))),
     };
     let bar = progress_bar(inputs.len(), a.quiet);
     let mut out = Output::new(&a);
