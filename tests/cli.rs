@@ -728,5 +728,17 @@ fn predict_walks_directories_reads_paths_from_stdin_and_streams_jsonl() {
     .map(|p| p.display().to_string())
     .collect();
     assert_eq!(inputs, want, "{out}");
+
+    // One thread or three: the same answers in the same order.
+    let album = dir.join("album");
+    let answers = |threads: &str| {
+        let o = wgfer(&["predict", "--json", "--threads", threads, s(&album)]);
+        assert!(o.status.success(), "{}", text(&o));
+        json_of(&o)
+    };
+    let one = answers("1");
+    assert_eq!(one.as_array().unwrap().len(), 3);
+    assert_eq!(one, answers("3"));
+    fails_with(&["predict", "--threads", "0", s(&album)], "--threads");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -51,8 +51,8 @@ pub struct Args {
     #[arg(long, value_name = "DIR")]
     annotate: Option<PathBuf>,
     /// Threads that decode pictures and search them for faces (default: one per core, at most 8).
-    #[arg(long, value_name = "N")]
-    threads: Option<usize>,
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=256))]
+    threads: Option<u32>,
     /// No progress bar (it is shown on a terminal for more than a few inputs).
     #[arg(long)]
     quiet: bool,
@@ -87,9 +87,10 @@ pub fn run(a: Args) -> Result<ExitCode> {
             keep_image: a.annotate.is_some(),
         },
         tta_flip: a.tta == Tta::Flip,
-        workers: a
-            .threads
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get().min(8))),
+        workers: match a.threads {
+            Some(n) => n as usize,
+            None => std::thread::available_parallelism().map_or(1, |n| n.get().min(8)),
+        },
     };
     let bar = progress_bar(inputs.len(), a.quiet);
     let mut out = Output::new(&a);

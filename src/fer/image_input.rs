@@ -19,6 +19,9 @@ pub const FACE_PIXELS: usize = (FACE_SIDE * FACE_SIDE) as usize;
 /// it before decoding, so a small file that claims 30,000 x 30,000 pixels is
 /// refused without allocating its 2.7 GB.
 pub const MAX_PIXELS: u64 = 100_000_000;
+/// Largest file read, in bytes (1 GiB): more than any picture within
+/// `MAX_PIXELS` needs; checked before reading, so a huge file is not loaded.
+pub const MAX_FILE_BYTES: u64 = 1 << 30;
 /// The formats `decode` reads, for messages.
 pub const FORMATS: &str = "PNG, JPEG, WebP or BMP";
 
@@ -108,6 +111,15 @@ pub fn read_file(path: &Path) -> Result<Vec<u8>> {
     let name = path.display();
     if path.is_dir() {
         bail!("{name}: is a directory");
+    }
+    if let Ok(meta) = std::fs::metadata(path)
+        && meta.len() > MAX_FILE_BYTES
+    {
+        bail!(
+            "{name}: the file is too large ({} MiB; pictures over {} MiB are not read)",
+            meta.len() >> 20,
+            MAX_FILE_BYTES >> 20
+        );
     }
     std::fs::read(path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => anyhow!("{name}: no such file"),
@@ -299,6 +311,23 @@ mod tests {
         let msg = format!("{:#}", load_face(&path).unwrap_err());
         assert!(
             msg.contains("huge.png") && msg.contains("too large") && msg.contains("30000x30000"),
+            "{msg}"
+        );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_file_over_the_size_limit_is_not_read() {
+        let dir = temp_dir("big-file");
+        let path = dir.join("big.jpg");
+        // Sparse: takes no disk space.
+        fs::File::create(&path)
+            .unwrap()
+            .set_len(MAX_FILE_BYTES + 1)
+            .unwrap();
+        let msg = format!("{:#}", read_file(&path).unwrap_err());
+        assert!(
+            msg.contains("big.jpg") && msg.contains("too large"),
             "{msg}"
         );
         fs::remove_dir_all(&dir).unwrap();
