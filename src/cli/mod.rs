@@ -5,6 +5,7 @@ pub mod bench;
 pub mod eval;
 pub mod info;
 pub mod predict;
+pub mod serve;
 pub mod summary;
 pub mod train;
 
@@ -38,6 +39,7 @@ enum Command {
     Predict(predict::Args),
     Summary(summary::Args),
     Bench(bench::Args),
+    Serve(serve::Args),
     Info(info::Args),
 }
 
@@ -49,6 +51,7 @@ impl Cli {
             Command::Predict(a) => predict::run(a),
             Command::Summary(a) => summary::run(a),
             Command::Bench(a) => bench::run(a),
+            Command::Serve(a) => serve::run(a),
             Command::Info(a) => info::run(a),
         }
     }

@@ -62,8 +62,9 @@ pub fn load_face(path: &Path) -> Result<Vec<u8>> {
     Ok(face)
 }
 
-/// Grayscale, centre-crop to a square, resize to 48x48.
-fn face_from_image(img: &DynamicImage) -> Vec<u8> {
+/// Grayscale, centre-crop to a square, resize to 48x48 (empty for an image
+/// without pixels). Also used by `wgfer serve` on images it decoded itself.
+pub fn face_from_image(img: &DynamicImage) -> Vec<u8> {
     let (w, h) = (img.width(), img.height());
     if w == 0 || h == 0 {
         return Vec::new();

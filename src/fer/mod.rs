@@ -13,5 +13,6 @@ pub mod model;
 pub mod plan;
 pub mod predict;
 pub mod report;
+pub mod serve;
 pub mod train;
 pub mod trainer;
