@@ -138,31 +138,16 @@ fn work(queue: Receiver<Job>, settings: BatchSettings, mut infer: impl Infer, st
         if batch.is_empty() {
             continue;
         }
-        let pixels: Vec<u8> = batch
-            .iter()
-            .flat_map(|j| j.pixels.iter().copied())
-            .collect();
-        // A panic in the inference must not take the worker (and with it
-        // every later request) down: it fails this batch only.
-        let result = catch_unwind(AssertUnwindSafe(|| infer(&pixels, batch.len())));
+        let faces: Vec<&[u8]> = batch.iter().map(|j| j.pixels.as_slice()).collect();
+        let answers = run_batch(&faces, settings.max_batch, &mut infer);
         stats.record(batch.len());
-        match result {
-            Ok(Ok(probs)) if !probs.is_empty() && probs.len() % batch.len() == 0 => {
-                let classes = probs.len() / batch.len();
-                for (job, p) in batch.into_iter().zip(probs.chunks(classes)) {
-                    let _ = job.reply.send(Ok(p.to_vec()));
+        match answers {
+            Ok(answers) => {
+                for (job, p) in batch.into_iter().zip(answers) {
+                    let _ = job.reply.send(Ok(p));
                 }
             }
-            other => {
-                let why = match other {
-                    Ok(Err(e)) => format!("the inference failed: {e:#}"),
-                    Err(_) => "the inference panicked".to_string(),
-                    Ok(Ok(p)) => format!(
-                        "the inference gave {} values for {} faces",
-                        p.len(),
-                        batch.len()
-                    ),
-                };
+            Err(why) => {
                 eprintln!("error: {why}");
                 for job in batch {
                     let _ = job.reply.send(Err(ClassifyError::Failed(why.clone())));
@@ -170,6 +155,48 @@ fn work(queue: Receiver<Job>, settings: BatchSettings, mut infer: impl Infer, st
             }
         }
     }
+}
+
+/// One inference for `faces`, padded with blank faces to a bucket size: the
+/// engine keeps its buffers per tensor size, so a handful of batch sizes
+/// keeps its memory bounded where every size from 1 to max_batch would not.
+/// The padding's answers are dropped.
+fn run_batch(
+    faces: &[&[u8]],
+    max_batch: usize,
+    infer: &mut impl Infer,
+) -> Result<Vec<Vec<f32>>, String> {
+    let padded = bucket(faces.len(), max_batch);
+    let mut pixels = Vec::with_capacity(padded * FACE_PIXELS);
+    for face in faces {
+        pixels.extend_from_slice(face);
+    }
+    pixels.resize(padded * FACE_PIXELS, 0);
+    // A panic in the inference must not take the worker (and with it every
+    // later request) down: it fails this batch only.
+    let probs = match catch_unwind(AssertUnwindSafe(|| infer(&pixels, padded))) {
+        Ok(Ok(probs)) => probs,
+        Ok(Err(e)) => return Err(format!("the inference failed: {e:#}")),
+        Err(_) => return Err("the inference panicked".to_string()),
+    };
+    if probs.is_empty() || probs.len() % padded != 0 {
+        return Err(format!(
+            "the inference gave {} values for {padded} faces",
+            probs.len()
+        ));
+    }
+    let classes = probs.len() / padded;
+    Ok(probs
+        .chunks(classes)
+        .take(faces.len())
+        .map(<[f32]>::to_vec)
+        .collect())
+}
+
+/// The batch size `count` faces are run at: the next power of two, or
+/// `max_batch` when that is smaller.
+fn bucket(count: usize, max_batch: usize) -> usize {
+    count.next_power_of_two().min(max_batch).max(count)
 }
 
 /// Block for the first job, then gather more until there are `max_batch` or
@@ -260,11 +287,34 @@ mod tests {
             assert_eq!(a[0][0], i as f32, "request {i} got another's answer");
         }
         let sizes = sizes.lock().unwrap();
-        assert_eq!(sizes.iter().sum::<usize>(), 40);
-        assert!(sizes.iter().all(|&s| s <= 8), "{sizes:?}");
+        assert!(sizes.iter().sum::<usize>() >= 40, "{sizes:?}");
+        assert!(
+            sizes.iter().all(|&s| [1, 2, 4, 8].contains(&s)),
+            "{sizes:?}"
+        );
         // A 200 ms window with 40 faces arriving at once forms full batches.
         assert!(sizes.len() <= 10, "faces were not batched: {sizes:?}");
         assert_eq!(batcher.stats.faces.load(Ordering::Relaxed), 40);
+    }
+
+    #[test]
+    fn batches_are_padded_to_a_few_sizes() {
+        let sizes: Vec<usize> = (1..=12).map(|n| bucket(n, 12)).collect();
+        assert_eq!(sizes, [1, 2, 4, 4, 8, 8, 8, 8, 12, 12, 12, 12]);
+        assert_eq!(bucket(1, 1), 1);
+        assert_eq!(bucket(33, 64), 64);
+    }
+
+    /// Three faces run as a batch of four; the blank fourth's answer is dropped.
+    #[test]
+    fn padding_answers_are_dropped() {
+        let sizes = Arc::new(Mutex::new(vec![]));
+        let batcher = Batcher::start(settings(8, 100), echo(Arc::clone(&sizes))).unwrap();
+        let faces: Vec<Vec<u8>> = (1..=3u8).map(|i| vec![i; FACE_PIXELS]).collect();
+        let answers = runtime().block_on(batcher.classify(faces)).unwrap();
+        assert_eq!(answers, [vec![1.0, 4.0], vec![2.0, 4.0], vec![3.0, 4.0]]);
+        assert_eq!(*sizes.lock().unwrap(), [4]);
+        assert_eq!(batcher.stats.faces.load(Ordering::Relaxed), 3);
     }
 
     #[test]
