@@ -65,9 +65,10 @@ pub fn run(gpu: &Gpu, config: Config) -> Result<()> {
     let batcher = Batcher::start(config.batch, move |pixels: &[u8], count: usize| {
         predict(&model, pixels, count, false)
     })?;
+    let stats = Arc::clone(&batcher.stats);
     let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
     let state = routes::AppState {
-        batcher: batcher.clone(),
+        batcher,
         info: Arc::new(info),
         limits: config.limits,
         cpu: Arc::new(tokio::sync::Semaphore::new(cpus)),
@@ -82,7 +83,7 @@ pub fn run(gpu: &Gpu, config: Config) -> Result<()> {
     // runtime, and so are the last handles on the batcher: its thread ends.
     runtime.shutdown_timeout(Duration::from_secs(1));
     // Printed even with --quiet: one line that says what batching did.
-    eprintln!("served {}", batcher.stats.summary());
+    eprintln!("served {}", stats.summary());
     result
 }
 
@@ -117,29 +118,49 @@ async fn serve(app: axum::Router, config: &Config) -> Result<()> {
             },
             _ = &mut stop => break,
         };
-        let _ = stream.set_nodelay(true);
-        let connection = http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(config.limits.timeout)
-            .serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
-        let connection = connections.watch(connection);
-        tokio::spawn(async move {
-            // A client that vanished mid-request is no error of ours.
-            let _ = connection.await;
-        });
+        spawn_connection(stream, &app, config.limits.timeout, &connections);
     }
     drop(listener);
-    let open = connections.count();
+    drain(connections, config.grace).await;
+    Ok(())
+}
+
+/// Serve one connection on its own task, HTTP/1.1 with keep-alive. A client
+/// that has not sent a request's headers within `timeout` is disconnected.
+fn spawn_connection(
+    stream: tokio::net::TcpStream,
+    app: &axum::Router,
+    timeout: Duration,
+    connections: &GracefulShutdown,
+) {
+    let _ = stream.set_nodelay(true);
+    let connection = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(timeout)
+        .serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
+    let connection = connections.watch(connection);
+    tokio::spawn(async move {
+        // A client that vanished mid-request is no error of ours.
+        let _ = connection.await;
+    });
+}
+
+/// Let the requests in flight finish (idle connections close at once), for
+/// at most `grace`.
+async fn drain(connections: GracefulShutdown, grace: Duration) {
     eprintln!(
-        "stopping: no new connections; finishing the requests in flight ({open} open connections)"
+        "stopping: no new connections; finishing the requests in flight ({} open connections)",
+        connections.count()
     );
     tokio::select! {
         _ = connections.shutdown() => {}
-        _ = tokio::time::sleep(config.grace) => {
-            eprintln!("stopping: gave up on connections still open after {} s", config.grace.as_secs_f64());
+        _ = tokio::time::sleep(grace) => {
+            eprintln!(
+                "stopping: gave up on connections still open after {} s",
+                grace.as_secs_f64()
+            );
         }
     }
-    Ok(())
 }
 
 /// A future that resolves on SIGINT (Ctrl-C) or SIGTERM. The handlers are

@@ -187,24 +187,31 @@ async fn predict(
     })?;
     let detect = query.detect.unwrap_or(true);
     let bytes = image_bytes(request, app.limits.max_body).await?;
-    let found = {
-        let _permit = app
-            .cpu
-            .acquire()
-            .await
-            .map_err(|_| HttpError::internal("closed"))?;
-        let max_pixels = app.limits.max_pixels;
-        tokio::task::spawn_blocking(move || image_to_faces(&bytes, detect, max_pixels))
-            .await
-            .map_err(|_| HttpError::internal("reading the image failed unexpectedly"))??
-    };
-    let faces: Vec<Vec<u8>> = found.faces.iter().map(|f| f.pixels.clone()).collect();
+    let mut found = find_faces(&app, bytes, detect).await?;
+    let faces: Vec<Vec<u8>> = found
+        .faces
+        .iter_mut()
+        .map(|f| std::mem::take(&mut f.pixels))
+        .collect();
     let count = faces.len();
     let probabilities = app.batcher.classify(faces).await?;
     let answer = ImageAnswer::new(found, probabilities, &app.info.classes);
     let mut response = Json(answer).into_response();
     response.extensions_mut().insert(FaceCount(count));
     Ok(response)
+}
+
+/// The CPU step on the blocking pool, at most one per core at a time.
+async fn find_faces(app: &AppState, bytes: Bytes, detect: bool) -> Result<ImageFaces, HttpError> {
+    let _permit = app
+        .cpu
+        .acquire()
+        .await
+        .map_err(|_| HttpError::internal("the server is stopping"))?;
+    let max_pixels = app.limits.max_pixels;
+    tokio::task::spawn_blocking(move || image_to_faces(&bytes, detect, max_pixels))
+        .await
+        .map_err(|_| HttpError::internal("reading the image failed unexpectedly"))?
 }
 
 /// The image in a request: the `image` field of a multipart form, or else
