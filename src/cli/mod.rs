@@ -6,6 +6,7 @@ pub mod convert;
 pub mod eval;
 pub mod info;
 pub mod predict;
+pub mod serve;
 pub mod summary;
 pub mod train;
 
@@ -52,6 +53,7 @@ enum Command {
     Predict(predict::Args),
     Summary(summary::Args),
     Bench(bench::Args),
+    Serve(serve::Args),
     Info(info::Args),
     Convert(convert::Args),
 }
@@ -65,6 +67,7 @@ impl Cli {
             Command::Predict(a) => predict::run(a),
             Command::Summary(a) => summary::run(a),
             Command::Bench(a) => bench::run(a),
+            Command::Serve(a) => serve::run(a),
             Command::Info(a) => info::run(a),
             Command::Convert(a) => convert::run(a),
         }

@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 
 use anyhow::{Result, anyhow};
 use image::imageops::FilterType;
-use image::{GrayImage, Luma, RgbImage};
+use image::{DynamicImage, GrayImage, Luma, RgbImage};
 
 use crate::fer::image_input::{self, FACE_SIDE};
 
@@ -243,7 +243,15 @@ pub fn analyze_image(
     detector: &mut FaceDetector,
     opts: AnalyzeOptions,
 ) -> Result<ImageFaces> {
-    let img = image_input::decode(bytes)?;
+    Ok(analyze_decoded(image_input::decode(bytes)?, detector, opts))
+}
+
+/// `analyze_image` on a picture already decoded (upright).
+pub fn analyze_decoded(
+    img: DynamicImage,
+    detector: &mut FaceDetector,
+    opts: AnalyzeOptions,
+) -> ImageFaces {
     let gray = img.to_luma8();
     let (w, h) = gray.dimensions();
     let detections = if opts.detect {
@@ -270,12 +278,12 @@ pub fn analyze_image(
             pixels: image_input::whole_face(&gray),
         });
     }
-    Ok(ImageFaces {
+    ImageFaces {
         width: w,
         height: h,
         faces,
         image: opts.keep_image.then(|| img.to_rgb8()),
-    })
+    }
 }
 
 /// A detection's box cut to the picture, in whole pixels.

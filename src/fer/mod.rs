@@ -19,5 +19,6 @@ pub mod plan;
 pub mod predict;
 pub mod provenance;
 pub mod report;
+pub mod serve;
 pub mod train;
 pub mod trainer;

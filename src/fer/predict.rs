@@ -98,6 +98,8 @@ pub struct FaceReport {
 /// `POST /predict` answers).
 #[derive(Clone, Debug, Serialize)]
 pub struct ImageReport {
+    /// The file (absent in an HTTP answer, which has no file).
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub input: String,
     pub width: u32,
     pub height: u32,
