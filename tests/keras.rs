@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use wgfer::fer::checkpoint;
 use wgfer::fer::data::{self, LoadOptions};
+use wgfer::fer::infer;
 use wgfer::fer::keras::{self, Format};
 use wgfer::fer::model::{self, Architecture, Model};
-use wgfer::fer::trainer;
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -62,7 +62,7 @@ fn predict(weights: &Path) -> Vec<f32> {
     let gpu = common::gpu();
     let (model, _) = Model::load(&gpu, weights).unwrap_or_else(|e| panic!("{e:#}"));
     let n = keras_predictions().len();
-    trainer::predict(&model, &faces(n), 64, false).unwrap()
+    infer::probabilities(&model, &faces(n), 64, false).unwrap()
 }
 
 /// The values make_fixtures.py gave the k-th weight tensor of the small model.

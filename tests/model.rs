@@ -183,4 +183,6 @@ fn bench_profiles_every_layer_of_the_real_step() {
             .any(|k| k.name == "conv2d conv1")
     );
     assert!(!report.infer_kernels.iter().any(|k| k.pass == "backward"));
+    assert_eq!(report.photo.faces_found, 5, "{:?}", report.photo);
+    assert!(report.photo.detect_640x480_ms > 0.0);
 }

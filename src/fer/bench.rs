@@ -23,6 +23,7 @@ use crate::engine::{Gpu, Tensor};
 use crate::fer::augment::{AugmentConfig, Augmenter};
 use crate::fer::data::{PIXELS, SIDE};
 use crate::fer::model::{Architecture, Model};
+use crate::fer::predict::{PhotoBench, bench_photos};
 use crate::fer::trainer::Trainer;
 
 /// One (layer, pass, kernel) of a profiled run.
@@ -60,6 +61,8 @@ pub struct BenchReport {
     /// The inference pass's kernels, shares of `infer_ms`.
     pub infer_kernels: Vec<KernelRow>,
     pub infer_gpu_share: f64,
+    /// The photo path of `wgfer predict`: detection, and a photo end to end.
+    pub photo: PhotoBench,
 }
 
 /// Median of `reps` windows of `f`, in ms per call. A window repeats `f`
@@ -126,6 +129,7 @@ pub fn run(
     let mut infer = || infer_once(model, &x);
     let infer_ms = time_ms(gpu, reps, &mut infer)?;
     let inference = profile(gpu, reps, infer_ms, &mut infer)?;
+    let photo = bench_photos(model, reps)?;
 
     let report = BenchReport {
         adapter: gpu.adapter().to_string(),
@@ -140,6 +144,7 @@ pub fn run(
         kernels: train,
         infer_gpu_share: total_share(&inference),
         infer_kernels: inference,
+        photo,
     };
     if print {
         eprint!("{}", report.table());
@@ -303,6 +308,18 @@ impl BenchReport {
             100.0 * self.infer_gpu_share
         );
         s += &rows_table(&self.infer_kernels);
+        let p = &self.photo;
+        s += &format!(
+            "\nphoto: face detection on 640x480 {:.1} ms (one core); a 1920x1280 JPEG with five faces \
+             end to end {:.1} ms (decode {:.1}, detect {:.1}, crop {:.1}, classify {:.1}; {} faces found)\n",
+            p.detect_640x480_ms,
+            p.end_to_end_1920x1280_ms,
+            p.decode_ms,
+            p.detect_ms,
+            p.crop_ms,
+            p.classify_ms,
+            p.faces_found
+        );
         s += &format!(
             "\nceiling: gemm 1024x1024x1024 = {:.2} GFLOP/s; adapter {}\n",
             self.ceiling_gflops, self.adapter

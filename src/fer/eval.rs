@@ -5,8 +5,8 @@ use anyhow::Result;
 use serde::Serialize;
 
 use crate::fer::data::Dataset;
+use crate::fer::infer;
 use crate::fer::model::Model;
-use crate::fer::trainer::predict;
 
 /// Inference batch size: large batches amortise per-dispatch costs.
 pub const EVAL_BATCH: usize = 256;
@@ -99,7 +99,7 @@ pub fn evaluate(
     class_names: &[String],
     tta_flip: bool,
 ) -> Result<Evaluation> {
-    let probs = predict(model, &ds.pixels, EVAL_BATCH, tta_flip)?;
+    let probs = infer::probabilities(model, &ds.pixels, EVAL_BATCH, tta_flip)?;
     Ok(score(&probs, &ds.labels, class_names))
 }
 

@@ -13,6 +13,7 @@ pub mod faces;
 pub mod files;
 pub mod fuzzing;
 pub mod image_input;
+pub mod infer;
 pub mod keras;
 pub mod model;
 pub mod plan;

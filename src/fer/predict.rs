@@ -23,8 +23,8 @@ use crate::fer::data::{self, LoadOptions, PIXELS};
 use crate::fer::eval::EVAL_BATCH;
 use crate::fer::faces::{AnalyzeOptions, FaceDetector, FoundFace, ImageFaces, analyze_image};
 use crate::fer::image_input::read_file;
+use crate::fer::infer;
 use crate::fer::model::Model;
-use crate::fer::trainer::predict;
 
 /// The shipped model, found beside the sources the binary was built from or
 /// beside the binary (`target/release/wgfer` → `models/`); `WGFER_MODEL` overrides.
@@ -183,7 +183,7 @@ pub fn classify(model: &Model, faces: &[&[u8]], tta_flip: bool) -> Result<Vec<Ve
         "a face must have {PIXELS} pixels"
     );
     let pixels: Vec<u8> = faces.concat();
-    let probs = predict(model, &pixels, EVAL_BATCH, tta_flip)?;
+    let probs = infer::probabilities(model, &pixels, EVAL_BATCH, tta_flip)?;
     Ok(probs
         .chunks(model.arch.num_classes)
         .map(<[f32]>::to_vec)

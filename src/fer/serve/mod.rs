@@ -32,8 +32,8 @@ use tokio::net::TcpListener;
 
 use crate::engine::Gpu;
 use crate::fer::image_input::FACE_PIXELS;
+use crate::fer::infer;
 use crate::fer::model::Model;
-use crate::fer::trainer::predict;
 
 /// Everything `wgfer serve` is told.
 pub struct Config {
@@ -61,9 +61,10 @@ pub fn run(gpu: &Gpu, config: Config) -> Result<()> {
     };
     // The first inference builds the GPU pipelines: do it now, not in the
     // first client's request.
-    predict(&model, &[0; FACE_PIXELS], 1, false).context("the model's first inference failed")?;
+    infer::probabilities(&model, &[0; FACE_PIXELS], 1, false)
+        .context("the model's first inference failed")?;
     let batcher = Batcher::start(config.batch, move |pixels: &[u8], count: usize| {
-        predict(&model, pixels, count, false)
+        infer::probabilities(&model, pixels, count, false)
     })?;
     let stats = Arc::clone(&batcher.stats);
     let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
