@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod eval;
+pub mod export_web;
 pub mod info;
 pub mod predict;
 pub mod summary;
@@ -39,6 +40,7 @@ enum Command {
     Summary(summary::Args),
     Bench(bench::Args),
     Info(info::Args),
+    ExportWeb(export_web::Args),
 }
 
 impl Cli {
@@ -50,6 +52,7 @@ impl Cli {
             Command::Summary(a) => summary::run(a),
             Command::Bench(a) => bench::run(a),
             Command::Info(a) => info::run(a),
+            Command::ExportWeb(a) => export_web::run(a),
         }
     }
 }

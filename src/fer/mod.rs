@@ -16,3 +16,4 @@ pub mod predict;
 pub mod report;
 pub mod train;
 pub mod trainer;
+pub mod web;
