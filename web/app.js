@@ -379,7 +379,9 @@ function drawBox(ctx, [x, y, w, h], label) {
   ctx.font = `${Math.max(14, Math.round(ctx.canvas.width / 40))}px system-ui, sans-serif`;
   const textH = parseInt(ctx.font, 10) * 1.3;
   const textW = ctx.measureText(label).width + 2 * line;
-  const ty = y > textH ? y - textH : y + h;
+  // Above the box, else below it, else inside its top edge.
+  let ty = y - textH;
+  if (ty < 0) ty = y + h + textH <= ctx.canvas.height ? y + h : y;
   ctx.fillStyle = '#0c4a6e';
   ctx.fillRect(x, ty, textW, textH);
   ctx.fillStyle = '#f0f9ff';

@@ -28,7 +28,7 @@ after(() => {
   for (const d of dirs) fs.rmSync(d, { recursive: true, force: true });
 });
 
-async function openPage(webgpu) {
+async function openPage(webgpu, url = site.url) {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'wgfer-chromium-'));
   dirs.push(dir);
   const browser = await chromium.launchPersistentContext(dir, {
@@ -41,7 +41,7 @@ async function openPage(webgpu) {
   const log = [];
   page.on('console', (m) => log.push(`${m.type()}: ${m.text()}`));
   page.on('pageerror', (e) => log.push(`pageerror: ${e.message}`));
-  await page.goto(site.url);
+  await page.goto(url);
   await page.evaluate(() => window.wgfer.ready);
   return { browser, page, log };
 }
@@ -105,12 +105,77 @@ test('with WebGPU: the page classifies as wgfer predict does, live from the webc
     assert.match(await page.textContent('#fps'), /frames\/s/);
     t.diagnostic(`webcam: ${live.fps.toFixed(1)} frames/s`);
 
+    // A photo on a static host (no /predict): its centre square is
+    // classified in the browser. The photo is face 0, twice its size, in a
+    // wider frame; the centre square is then the face itself.
+    const photo = await page.evaluate(async (f) => {
+      const c = new OffscreenCanvas(144, 96);
+      const ctx = c.getContext('2d');
+      ctx.fillStyle = '#fff';
+      ctx.fillRect(0, 0, 144, 96);
+      const img = new ImageData(48, 48);
+      f.forEach((v, i) => img.data.set([v, v, v, 255], 4 * i));
+      const bmp = await createImageBitmap(img);
+      ctx.imageSmoothingEnabled = false;
+      ctx.drawImage(bmp, 24, 0, 96, 96);
+      const bytes = new Uint8Array(await (await c.convertToBlob({ type: 'image/png' })).arrayBuffer());
+      return Array.from(bytes);
+    }, list[0]);
+    await page.setInputFiles('#photo-input', { name: 'face.png', mimeType: 'image/png', buffer: Buffer.from(photo) });
+    await page.waitForFunction(() => document.querySelectorAll('#faces li').length > 0);
+    const label = await page.textContent('#faces li');
+    const top = state.classes[want[0].indexOf(Math.max(...want[0]))];
+    assert.match(label, new RegExp(`^1\\. ${top} `), `photo result ${label}`);
+
     const shot = await page.screenshot({ path: process.env.WGFER_WEB_SCREENSHOT });
     const colours = await distinctColours(page, shot);
     assert.ok(colours > 50, `the screenshot has only ${colours} colours`);
     assert.deepEqual(log.filter((l) => l.startsWith('pageerror')), []);
   } finally {
     await browser.close();
+  }
+});
+
+test('without WebGPU, served with /predict: the page classifies on the server', async () => {
+  // A stand-in for `wgfer serve`'s API: /health, and /predict answering
+  // fixed probabilities (in its own key order) for a PNG body.
+  const classes = ['anger', 'disgust', 'sad', 'happiness', 'surprise'];
+  const probabilities = { surprise: 0.05, sad: 0.1, anger: 0.2, happiness: 0.6, disgust: 0.05 };
+  const posted = [];
+  const api = await serveSite((req, res) => {
+    const url = new URL(req.url, 'http://x');
+    if (url.pathname === '/health') {
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end(JSON.stringify({ status: 'ok', adapter: 'test stand-in', classes }));
+      return true;
+    }
+    if (url.pathname === '/predict' && req.method === 'POST') {
+      const chunks = [];
+      req.on('data', (c) => chunks.push(c));
+      req.on('end', () => {
+        posted.push({ query: url.search, body: Buffer.concat(chunks) });
+        res.writeHead(200, { 'content-type': 'application/json' });
+        res.end(JSON.stringify({
+          width: 48, height: 48,
+          faces: [{ box: [0, 0, 48, 48], score: null, prediction: 'happiness', probabilities }],
+        }));
+      });
+      return true;
+    }
+    return false;
+  });
+  const { browser, page } = await openPage(false, api.url);
+  try {
+    assert.equal(await page.evaluate(() => wgfer.backend), 'server');
+    const got = await page.evaluate(() => wgfer.classify(new Uint8Array(2304).fill(128)));
+    assert.deepEqual(got, classes.map((c) => probabilities[c]));
+    assert.equal(posted.length, 1);
+    assert.equal(posted[0].query, '?detect=false');
+    assert.equal(posted[0].body.subarray(1, 4).toString(), 'PNG', 'the face is posted as a PNG');
+    assert.match(await page.textContent('#notice'), /sent to the server/);
+  } finally {
+    await browser.close();
+    api.close();
   }
 });
 

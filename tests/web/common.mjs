@@ -70,10 +70,12 @@ const TYPES = {
 };
 
 /** A static server of the site on 127.0.0.1 (a free port), as any static
- *  host would be: GET files, 404 otherwise, 405 for POST. */
-export async function serveSite() {
+ *  host would be: GET files, 404 otherwise, 405 for POST. `api`, when given,
+ *  answers first: (req, res) => true when it handled the request. */
+export async function serveSite(api = null) {
   const root = siteDir();
   const server = http.createServer((req, res) => {
+    if (api?.(req, res)) return;
     if (req.method !== 'GET' && req.method !== 'HEAD') {
       res.writeHead(405).end();
       return;
