@@ -332,11 +332,15 @@ async function classifyPhoto(file) {
   const ctx = canvas.getContext('2d');
   ctx.drawImage(bitmap, 0, 0);
   $('photo-hint').hidden = true;
-  const crops = faces.map(([x, y, w, h]) => grayFace(bitmap, x, y, Math.max(w, h)));
-  const probs = crops.length ? await hook.classifyBatch(crops) : [];
+  const crops = faces.map(({ box: [x, y, w, h] }) => grayFace(bitmap, x, y, Math.max(w, h)));
+  // On the server backend, the detector's answer already holds each face's
+  // probabilities; otherwise the faces are classified here.
+  const probs = faces.every((f) => f.probabilities) && hook.backend === 'server'
+    ? faces.map((f) => hook.classes.map((c) => f.probabilities[c]))
+    : crops.length ? await hook.classifyBatch(crops) : [];
   const list = $('faces');
   list.replaceChildren();
-  faces.forEach((box, i) => {
+  faces.forEach(({ box }, i) => {
     const best = probs[i].indexOf(Math.max(...probs[i]));
     const label = `${i + 1}. ${hook.classes[best]} ${(100 * probs[i][best]).toFixed(0)} %`;
     drawBox(ctx, box, label);
@@ -349,8 +353,8 @@ async function classifyPhoto(file) {
   if (probs.length) showBars(probs[0], '· photo, face 1');
 }
 
-/** Face boxes [x, y, w, h]: from the server's detector when there is one,
- *  else the photo's centre square. */
+/** Faces as { box: [x, y, w, h], probabilities? }: from the server's
+ *  detector when there is one, else the photo's centre square. */
 let serverDetects = null; // unknown until the first photo
 
 async function findFaces(file, bitmap) {
@@ -358,7 +362,7 @@ async function findFaces(file, bitmap) {
     try {
       const answer = await postImage(file, true);
       serverDetects = true;
-      return answer.faces.map((f) => f.box);
+      return answer.faces;
     } catch (e) {
       // A static host has no /predict (404, 405, 501); the server refusing
       // this photo (400, 413) is an answer to show.
@@ -368,7 +372,7 @@ async function findFaces(file, bitmap) {
     }
   }
   const size = Math.min(bitmap.width, bitmap.height);
-  return [[(bitmap.width - size) >> 1, (bitmap.height - size) >> 1, size, size]];
+  return [{ box: [(bitmap.width - size) >> 1, (bitmap.height - size) >> 1, size, size] }];
 }
 
 function drawBox(ctx, [x, y, w, h], label) {

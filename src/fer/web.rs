@@ -70,6 +70,9 @@ pub fn plan_file(batch: usize) -> String {
 /// that needs more is refused with the reason.
 pub fn site(model: &Model, class_names: &[String], batches: &[usize]) -> Result<Vec<SiteFile>> {
     ensure!(!batches.is_empty(), "give at least one batch size");
+    let mut batches = batches.to_vec();
+    batches.sort_unstable();
+    batches.dedup();
     let mut files: Vec<SiteFile> = ASSETS
         .iter()
         .map(|&(path, text, content_type)| SiteFile {
@@ -79,7 +82,7 @@ pub fn site(model: &Model, class_names: &[String], batches: &[usize]) -> Result<
         })
         .collect();
     let mut plans = vec![];
-    for &batch in batches {
+    for batch in batches {
         let plan = export::record(model, class_names, batch)
             .with_context(|| format!("recording the inference pass at batch {batch}"))?;
         export::check_portable(&plan)?;

@@ -105,27 +105,11 @@ test('with WebGPU: the page classifies as wgfer predict does, live from the webc
     assert.match(await page.textContent('#fps'), /frames\/s/);
     t.diagnostic(`webcam: ${live.fps.toFixed(1)} frames/s`);
 
-    // A photo on a static host (no /predict): its centre square is
-    // classified in the browser. The photo is face 0, twice its size, in a
-    // wider frame; the centre square is then the face itself.
-    const photo = await page.evaluate(async (f) => {
-      const c = new OffscreenCanvas(144, 96);
-      const ctx = c.getContext('2d');
-      ctx.fillStyle = '#fff';
-      ctx.fillRect(0, 0, 144, 96);
-      const img = new ImageData(48, 48);
-      f.forEach((v, i) => img.data.set([v, v, v, 255], 4 * i));
-      const bmp = await createImageBitmap(img);
-      ctx.imageSmoothingEnabled = false;
-      ctx.drawImage(bmp, 24, 0, 96, 96);
-      const bytes = new Uint8Array(await (await c.convertToBlob({ type: 'image/png' })).arrayBuffer());
-      return Array.from(bytes);
-    }, list[0]);
-    await page.setInputFiles('#photo-input', { name: 'face.png', mimeType: 'image/png', buffer: Buffer.from(photo) });
-    await page.waitForFunction(() => document.querySelectorAll('#faces li').length > 0);
-    const label = await page.textContent('#faces li');
+    // A photo on a static host (no /predict): its centre square, which is
+    // the face itself, is classified in the browser.
+    const label = await uploadAndLabel(page, await photoOfFace(page, faces()[0]));
     const top = state.classes[want[0].indexOf(Math.max(...want[0]))];
-    assert.match(label, new RegExp(`^1\\. ${top} `), `photo result ${label}`);
+    assert.match(label, new RegExp(`^1\\. ${escape(top)} `), `photo result ${label}`);
 
     const shot = await page.screenshot({ path: process.env.WGFER_WEB_SCREENSHOT });
     const colours = await distinctColours(page, shot);
@@ -136,43 +120,98 @@ test('with WebGPU: the page classifies as wgfer predict does, live from the webc
   }
 });
 
-test('without WebGPU, served with /predict: the page classifies on the server', async () => {
-  // A stand-in for `wgfer serve`'s API: /health, and /predict answering
-  // fixed probabilities (in its own key order) for a PNG body.
-  const classes = ['anger', 'disgust', 'sad', 'happiness', 'surprise'];
-  const probabilities = { surprise: 0.05, sad: 0.1, anger: 0.2, happiness: 0.6, disgust: 0.05 };
+/** A stand-in for `wgfer serve`'s API beside the site: /health, and
+ *  /predict answering `probabilities` (in its own key order) for one face,
+ *  the whole image with detect=false, else the box `box`. Records the posts. */
+async function standIn(classes, probabilities, box) {
   const posted = [];
   const api = await serveSite((req, res) => {
     const url = new URL(req.url, 'http://x');
-    if (url.pathname === '/health') {
+    const json = (body) => {
       res.writeHead(200, { 'content-type': 'application/json' });
-      res.end(JSON.stringify({ status: 'ok', adapter: 'test stand-in', classes }));
+      res.end(JSON.stringify(body));
+    };
+    if (url.pathname === '/health') {
+      json({ status: 'ok', adapter: 'test stand-in', classes });
       return true;
     }
-    if (url.pathname === '/predict' && req.method === 'POST') {
-      const chunks = [];
-      req.on('data', (c) => chunks.push(c));
-      req.on('end', () => {
-        posted.push({ query: url.search, body: Buffer.concat(chunks) });
-        res.writeHead(200, { 'content-type': 'application/json' });
-        res.end(JSON.stringify({
-          width: 48, height: 48,
-          faces: [{ box: [0, 0, 48, 48], score: null, prediction: 'happiness', probabilities }],
-        }));
+    if (url.pathname !== '/predict' || req.method !== 'POST') return false;
+    const chunks = [];
+    req.on('data', (c) => chunks.push(c));
+    req.on('end', () => {
+      posted.push({ query: url.search, body: Buffer.concat(chunks) });
+      const whole = url.searchParams.get('detect') === 'false';
+      json({
+        width: 48, height: 48,
+        faces: [{ box: whole ? [0, 0, 48, 48] : box, score: null, prediction: 'x', probabilities }],
       });
-      return true;
-    }
-    return false;
+    });
+    return true;
   });
+  return { ...api, posted };
+}
+
+/** Face 0 twice its size in a 144×96 white frame, as PNG bytes (made by the page). */
+function photoOfFace(page, face) {
+  return page.evaluate(async (f) => {
+    const c = new OffscreenCanvas(144, 96);
+    const ctx = c.getContext('2d');
+    ctx.fillStyle = '#fff';
+    ctx.fillRect(0, 0, 144, 96);
+    const img = new ImageData(48, 48);
+    f.forEach((v, i) => img.data.set([v, v, v, 255], 4 * i));
+    ctx.imageSmoothingEnabled = false;
+    ctx.drawImage(await createImageBitmap(img), 24, 0, 96, 96);
+    return Array.from(new Uint8Array(await (await c.convertToBlob({ type: 'image/png' })).arrayBuffer()));
+  }, Array.from(face)).then((a) => Buffer.from(a));
+}
+
+async function uploadAndLabel(page, png) {
+  await page.setInputFiles('#photo-input', { name: 'face.png', mimeType: 'image/png', buffer: png });
+  await page.waitForFunction(() => document.querySelectorAll('#faces li').length > 0);
+  return page.textContent('#faces li');
+}
+
+const CLASSES = ['anger', 'disgust', 'sad', 'happiness', 'surprise'];
+const escape = (s) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+
+test('without WebGPU, served with /predict: the page classifies on the server', async () => {
+  const probabilities = { surprise: 0.05, sad: 0.1, anger: 0.2, happiness: 0.6, disgust: 0.05 };
+  const api = await standIn(CLASSES, probabilities, [24, 0, 96, 96]);
   const { browser, page } = await openPage(false, api.url);
   try {
     assert.equal(await page.evaluate(() => wgfer.backend), 'server');
     const got = await page.evaluate(() => wgfer.classify(new Uint8Array(2304).fill(128)));
-    assert.deepEqual(got, classes.map((c) => probabilities[c]));
-    assert.equal(posted.length, 1);
-    assert.equal(posted[0].query, '?detect=false');
-    assert.equal(posted[0].body.subarray(1, 4).toString(), 'PNG', 'the face is posted as a PNG');
+    assert.deepEqual(got, CLASSES.map((c) => probabilities[c]));
+    assert.equal(api.posted.length, 1);
+    assert.equal(api.posted[0].query, '?detect=false');
+    assert.equal(api.posted[0].body.subarray(1, 4).toString(), 'PNG', 'the face is posted as a PNG');
     assert.match(await page.textContent('#notice'), /sent to the server/);
+    // A photo: the server's boxes and answers, one request.
+    const label = await uploadAndLabel(page, await photoOfFace(page, faces()[0]));
+    assert.equal(label, '1. happiness 60 %');
+    assert.equal(api.posted.length, 2);
+    assert.equal(api.posted[1].query, '');
+  } finally {
+    await browser.close();
+    api.close();
+  }
+});
+
+test('with WebGPU, served with /predict: the server finds the faces, the browser classifies them', async () => {
+  const face = faces()[0];
+  const want = expected(CLASSES)[0];
+  const top = CLASSES[want.indexOf(Math.max(...want))];
+  // The stand-in's own answer names another class: the label must not use it.
+  const other = CLASSES.find((c) => c !== top);
+  const probabilities = Object.fromEntries(CLASSES.map((c) => [c, c === other ? 0.96 : 0.01]));
+  const api = await standIn(CLASSES, probabilities, [24, 0, 96, 96]);
+  const { browser, page } = await openPage(true, api.url);
+  try {
+    assert.equal(await page.evaluate(() => wgfer.backend), 'webgpu');
+    const label = await uploadAndLabel(page, await photoOfFace(page, face));
+    assert.match(label, new RegExp(`^1\\. ${escape(top)} `), `photo result ${label}`);
+    assert.equal(api.posted.length, 1, 'one request, for the boxes');
   } finally {
     await browser.close();
     api.close();
