@@ -1,4 +1,5 @@
-// Helpers prepended to the kernels that need them (see `Shader` in src/gpu.rs).
+// Helpers for the kernels that need them: `shader_pair!` (src/engine/ops/mod.rs)
+// puts this file before the kernel's own source.
 
 // (x / d, x % d) for x < 2^24 without an integer division, which llvmpipe
 // runs lane by lane: the float quotient is off by at most one, then fixed up.

@@ -3,7 +3,7 @@
 // `Gpu::grid`); `len` counts V's.
 
 struct Params {
-  len: u32, value: f32, pad0: u32, pad1: u32,
+  len: u32, pad0: u32, pad1: u32, pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -35,11 +35,4 @@ fn add(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<
   let i = index(wg, nwg, li);
   if (i >= p.len) { return; }
   out[i] = a[i] + b[i];
-}
-
-@compute @workgroup_size(256)
-fn fill(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-  let i = index(wg, nwg, li);
-  if (i >= p.len) { return; }
-  out[i] = V(p.value);
 }

@@ -391,6 +391,13 @@ fn summary_and_help() {
         let o = wgfer(&[cmd, "--help"]);
         assert!(o.status.success(), "{cmd} --help");
     }
+    for cmd in ["train", "eval", "predict", "bench"] {
+        let o = wgfer(&[cmd, "--help"]);
+        assert!(
+            text(&o).contains("Adapter to use"),
+            "{cmd} --help does not explain --adapter"
+        );
+    }
     let o = wgfer(&["train", "--help"]);
     for flag in [
         "--epochs",
@@ -461,4 +468,255 @@ fn reduce_lr_on_plateau_halves_the_rate_after_epochs_without_improvement() {
         "the run never plateaued, so nothing was tested:\n{history}"
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// An untrained model's weights with `classes` in the metadata, as wgfer writes them.
+fn untrained_weights(path: &Path, names: &[&str]) {
+    let arch = wgfer::fer::model::Architecture::resnet(names.len());
+    let (t, m) = wgfer::fer::model::initial_values(&arch, 0);
+    let tensors: Vec<checkpoint::NamedTensor> = arch
+        .params
+        .iter()
+        .map(|p| checkpoint::NamedTensor {
+            name: p.name.clone(),
+            shape: p.shape.clone(),
+            data: (if p.trainable { &t } else { &m })[p.offset..p.offset + p.len()].to_vec(),
+        })
+        .collect();
+    let meta = [("classes".to_string(), serde_json::to_string(names).unwrap())].into();
+    checkpoint::save(path, &tensors, &meta).unwrap();
+}
+
+#[test]
+fn weights_and_data_with_other_classes_are_refused() {
+    let dir = temp_dir("classes");
+    let seven = dir.join("seven.safetensors");
+    let kaggle = [
+        "angry", "disgust", "fear", "happy", "sad", "surprise", "neutral",
+    ];
+    untrained_weights(&seven, &kaggle);
+    let data = sample_csv();
+    let o = wgfer(&["eval", "--weights", s(&seven), "--data", s(&data)]);
+    let t = text(&o);
+    assert!(
+        !o.status.success(),
+        "7-class weights scored 5-class data:\n{t}"
+    );
+    assert!(
+        t.contains(
+            "the weights have 7 classes (angry, disgust, fear, happy, sad, surprise, neutral)"
+        ) && t.contains("the data has 5 (anger, disgust, sad, happiness, surprise"),
+        "{t}"
+    );
+    // Declared explicitly, the labels are taken as the weights' class numbers.
+    let o = wgfer(&[
+        "eval",
+        "--weights",
+        s(&seven),
+        "--data",
+        s(&data),
+        "--classes",
+        "7",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(j["classes"][2], "fear");
+    fails_with(
+        &[
+            "eval",
+            "--weights",
+            s(&seven),
+            "--data",
+            s(&data),
+            "--classes",
+            "5",
+        ],
+        "the weights have 7 classes",
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn numeric_flags_take_negative_numbers_and_refuse_them_with_the_reason() {
+    let data = sample_csv();
+    let out = temp_dir("numbers").join("run");
+    let train = |flag: &str, value: &str, why: &str| {
+        fails_with(
+            &["train", "--data", s(&data), "--out", s(&out), flag, value],
+            why,
+        );
+    };
+    train("--lr", "-1", "not above 0");
+    train("--lr", "0", "not above 0");
+    train("--epochs", "-3", "negative");
+    train("--epochs", "0", "at least 1");
+    train("--batch-size", "0", "at least 1");
+    train("--seed", "-1", "negative");
+    train("--patience", "-2", "negative");
+    train("--classes", "1", "2 to 256");
+    train("--limit", "-5", "negative");
+    train("--steps-per-epoch", "1.5", "whole number");
+    train("--reduce-lr-patience", "-1", "negative");
+    assert!(!out.exists(), "a refused command made its --out");
+    fails_with(&["summary", "--classes", "0"], "2 to 256");
+    fails_with(&["summary", "--classes", "-4"], "negative");
+    fails_with(&["eval", "--data", s(&data), "--seed", "-1"], "negative");
+    fails_with(&["eval", "--data", s(&data), "--classes", "0"], "2 to 256");
+    fails_with(&["bench", "--reps", "0"], "at least 1");
+    fails_with(&["bench", "--batch-size", "-64"], "negative");
+    let o = wgfer(&["summary", "--classes", "7"]);
+    assert!(
+        o.status.success() && text(&o).contains("(None, 7)"),
+        "{}",
+        text(&o)
+    );
+}
+
+#[test]
+fn a_run_records_its_data_and_eval_warns_when_it_scores_training_rows() {
+    let dir = temp_dir("provenance");
+    let run = dir.join("run");
+    let data = sample_csv();
+    let o = wgfer(&[
+        "train",
+        "--data",
+        s(&data),
+        "--out",
+        s(&run),
+        "--epochs",
+        "2",
+        "--limit",
+        "300",
+        "--batch-size",
+        "16",
+        "--steps-per-epoch",
+        "2",
+    ]);
+    let log = text(&o);
+    assert!(o.status.success(), "train failed:\n{log}");
+    // What the run understood from the data, and the whole run's ETA.
+    assert!(
+        log.contains(
+            "5 classes (anger, disgust, sad, happiness, surprise), seeded 90/5/5 split (seed 0): \
+             train 270 / validation 15 / test 15"
+        ),
+        "{log}"
+    );
+    assert!(
+        log.contains("epoch   1/2") && log.contains("run ETA"),
+        "{log}"
+    );
+
+    // Every weights file records the data, the split and the recipe.
+    let best = run.join("best.safetensors");
+    let bytes = std::fs::read(&best).unwrap();
+    let (meta, _) = checkpoint::peek(&bytes, "best").unwrap();
+    let rec: serde_json::Value = serde_json::from_str(&meta["training"]).unwrap();
+    let csv = std::fs::read(&data).unwrap();
+    assert_eq!(rec["data"]["bytes"], csv.len() as u64, "{rec}");
+    assert_eq!(rec["data"]["sha256"].as_str().unwrap().len(), 64);
+    assert_eq!(rec["rows"], 300);
+    assert_eq!(rec["split"]["kind"], "seeded");
+    assert_eq!(rec["split"]["seed"], 0);
+    assert_eq!(rec["recipe"]["batch_size"], 16);
+    assert_eq!(rec["recipe"]["epochs"], 2);
+
+    // Scoring all rows of the same data, even gzipped: a warning and the JSON field.
+    let gz = dir.join("faces.csv.gz");
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut enc, &csv).unwrap();
+    std::fs::write(&gz, enc.finish().unwrap()).unwrap();
+    for d in [&data, &gz] {
+        let o = wgfer(&["eval", "--weights", s(&best), "--data", s(d), "--json"]);
+        assert!(o.status.success(), "{}", text(&o));
+        let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(j["overlaps_training"], true, "{j}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains("warning:") && err.contains("wgfer eval --run DIR"),
+            "{err}"
+        );
+    }
+    // The whole file's test split is another split than the run's 300 faces had.
+    let o = wgfer(&[
+        "eval",
+        "--weights",
+        s(&best),
+        "--data",
+        s(&data),
+        "--split",
+        "test",
+    ]);
+    assert!(
+        text(&o).contains("so most of these faces were training faces"),
+        "{}",
+        text(&o)
+    );
+    // The run's own test split does not overlap; with -q nothing but the result is printed.
+    let o = wgfer(&["eval", "--run", s(&run), "--json", "-q"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(j["overlaps_training"], false, "{j}");
+    assert!(
+        o.stderr.is_empty(),
+        "-q: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // Weights that do not record their data: unknown.
+    let bare = dir.join("bare.safetensors");
+    untrained_weights(&bare, &["anger", "disgust", "sad", "happiness", "surprise"]);
+    let o = wgfer(&["eval", "--weights", s(&bare), "--data", s(&data), "--json"]);
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(j["overlaps_training"].is_null(), "{j}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn quiet_is_accepted_by_every_command() {
+    for args in [
+        &["-q", "summary"][..],
+        &["summary", "--quiet"],
+        &["info", "-q"],
+        &["train", "-q", "--help"],
+        &["eval", "-q", "--help"],
+        &["predict", "-q", "--help"],
+        &["bench", "-q", "--help"],
+    ] {
+        let o = wgfer(args);
+        assert!(o.status.success(), "wgfer {}: {}", args.join(" "), text(&o));
+    }
+    // info's own output is its result; -q hides only the notices.
+    let o = wgfer(&["info", "-q"]);
+    assert!(text(&o).contains("wgfer uses:"), "{}", text(&o));
+}
+
+/// `WGFER_KERNELS` is read when the GPU is opened: `portable` shows in
+/// `wgfer info`, unset means the fastest kernels, and another value is an
+/// error naming the accepted ones.
+#[test]
+fn wgfer_kernels_chooses_the_kernels_and_refuses_unknown_values() {
+    let info = |value: Option<&str>| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_wgfer"));
+        cmd.arg("info")
+            .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+            .env_remove("WGFER_KERNELS");
+        if let Some(v) = value {
+            cmd.env("WGFER_KERNELS", v);
+        }
+        cmd.output().expect("run wgfer")
+    };
+    let o = info(Some("portable"));
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("kernels portable"), "{}", text(&o));
+    let o = info(None);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("kernels fastest"), "{}", text(&o));
+    let o = info(Some("fast"));
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("WGFER_KERNELS=fast") && text(&o).contains("`portable`"),
+        "{}",
+        text(&o)
+    );
 }

@@ -6,15 +6,16 @@ mod common;
 
 use common::*;
 use rand::rngs::StdRng;
-use wgfer::engine::Gpu;
 use wgfer::engine::ops::batchnorm::{BatchNorm, BnParams};
 use wgfer::engine::ops::conv2d::{Conv2d, Padding};
 use wgfer::engine::ops::dense::Dense;
 use wgfer::engine::ops::gemm::{Gemm, Strides};
+use wgfer::engine::ops::gemm_sg::{self, SubgroupTile};
 use wgfer::engine::ops::pool::Pool2d;
 use wgfer::engine::ops::{
     adam, batchnorm, conv2d, dense, elementwise, gemm, pool, reduce, softmax_xent,
 };
+use wgfer::engine::{Gpu, Kernels, Shader};
 
 /// (input NHWC, cout, kernel, stride, padding)
 fn conv_cases() -> Vec<([usize; 4], usize, usize, usize, Padding)> {
@@ -797,29 +798,99 @@ fn batchnorm_relu_fused_forward_and_backward() {
     }
 }
 
-/// `shaders/gemm_sg8.wgsl` is generated: it must be what `shaders/gemm_sg8.py`
-/// writes, so that an edit to one is never lost in the other.
+/// Which gemm kernel runs. By default the 8-lane-subgroup kernel wherever
+/// every subgroup is 8 lanes wide (lavapipe on AVX2; SwiftShader's are 4);
+/// with `Kernels::Portable` (`WGFER_KERNELS=portable`) the portable one,
+/// everywhere. Both match the CPU reference.
 #[test]
-fn gemm_sg8_shader_is_what_its_generator_writes() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let out = std::env::temp_dir().join(format!("wgfer-gemm_sg8-{}.wgsl", std::process::id()));
-    let run = std::process::Command::new("python3")
-        .arg(root.join("shaders/gemm_sg8.py"))
-        .arg("16")
-        .arg(&out)
-        .status();
-    match run {
-        Err(e) => {
-            eprintln!("SKIPPED: python3 is not available ({e}); cannot regenerate gemm_sg8.wgsl");
-            return;
+fn gemm_kernel_choice_follows_the_subgroup_width_and_wgfer_kernels() {
+    let mut rng = rng();
+    for choice in [Kernels::Fastest, Kernels::Portable] {
+        let gpu = Gpu::with_kernels(None, choice).unwrap();
+        gpu.set_poison_outputs(true);
+        let eight_lanes = gpu.subgroup_sizes() == Some((8, 8));
+        if gpu.adapter().name.contains("llvmpipe") {
+            assert!(
+                eight_lanes,
+                "lavapipe reports subgroups of {:?} lanes, expected 8 (a CPU without AVX?)",
+                gpu.subgroup_sizes()
+            );
         }
-        Ok(status) => assert!(status.success(), "shaders/gemm_sg8.py failed: {status}"),
+        // A shape the 8-lane kernel takes in both layouts of A.
+        let (m, k, n) = (36, 20, 44);
+        for strides in [Strides::rows(k), Strides::transposed(m)] {
+            let g = Gemm::new(m, n, k, strides);
+            let (a, b) = (random(&mut rng, m * k), random(&mut rng, k * n));
+            let c = gpu.empty(&[m, n]).unwrap();
+            g.run(
+                &gpu,
+                &upload(&gpu, &[m * k], &a),
+                &upload(&gpu, &[k, n], &b),
+                None,
+                &c,
+            )
+            .unwrap();
+            let mut want = vec![0.0; m * n];
+            gemm::cpu(&g, &a, &b, None, &mut want);
+            check(
+                &format!("gemm {choice:?} {strides:?}"),
+                &read(&gpu, &c),
+                &f64s(&want),
+            );
+        }
+        let ran = (
+            gpu.dispatches_of(gemm::SG8_KERNEL),
+            gpu.dispatches_of(gemm::PORTABLE_KERNEL),
+        );
+        let expected = if choice == Kernels::Fastest && eight_lanes {
+            (2, 0)
+        } else {
+            (0, 2)
+        };
+        assert_eq!(
+            ran,
+            expected,
+            "(8-lane, portable) gemm dispatches with {choice:?} on {}, subgroups {:?}",
+            gpu.adapter(),
+            gpu.subgroup_sizes()
+        );
     }
-    let generated = std::fs::read_to_string(&out).unwrap();
-    let _ = std::fs::remove_file(&out);
-    let committed = std::fs::read_to_string(root.join("shaders/gemm_sg8.wgsl")).unwrap();
+}
+
+#[test]
+fn wgfer_kernels_accepts_portable_and_fastest_and_names_them_otherwise() {
+    assert_eq!(Kernels::parse(None).unwrap(), Kernels::Fastest);
+    assert_eq!(Kernels::parse(Some("")).unwrap(), Kernels::Fastest);
+    assert_eq!(Kernels::parse(Some("fastest")).unwrap(), Kernels::Fastest);
+    assert_eq!(Kernels::parse(Some("portable")).unwrap(), Kernels::Portable);
+    let e = Kernels::parse(Some("Portable")).unwrap_err().to_string();
     assert!(
-        generated == committed,
-        "shaders/gemm_sg8.wgsl differs from what shaders/gemm_sg8.py writes: run `python3 shaders/gemm_sg8.py`"
+        e.contains("WGFER_KERNELS=Portable") && e.contains("`portable`") && e.contains("`fastest`"),
+        "{e}"
     );
+}
+
+/// The subgroup kernel's source is generated for one width and tile; the
+/// widths other adapters have (4, 16, 32 lanes) must give WGSL that compiles,
+/// for both layouts of A (a shader that does not compile panics).
+#[test]
+fn gemm_subgroup_source_compiles_for_other_widths() {
+    let gpu = gpu();
+    if gpu.subgroup_sizes().is_none() {
+        eprintln!("this adapter has no subgroup operations: nothing to compile");
+        return;
+    }
+    for (lanes, rows) in [(4, 16), (8, 16), (16, 16), (32, 32)] {
+        let tile = SubgroupTile::new(lanes, rows);
+        // A Shader holds 'static strings (compiled shaders are kept for the
+        // program's life); a test may leak a few.
+        let shader = Shader {
+            name: Box::leak(format!("gemm_sg{lanes}x{rows}").into_boxed_str()),
+            source: Box::leak(gemm_sg::source(tile).into_boxed_str()),
+        };
+        for a_rows in [1.0, 0.0] {
+            gpu.kernel(&shader, "main", &[("A_ROWS", a_rows)]);
+        }
+        gpu.check().unwrap();
+    }
 }

@@ -7,7 +7,7 @@ mod common;
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{s, sample_csv, temp_dir, text, wgfer};
 use wgfer::fer::checkpoint;
@@ -113,6 +113,12 @@ fn an_interrupted_and_resumed_run_ends_with_the_same_weights() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// SIGKILLs short runs at random instants and checks that every file a run
+/// left loads and that it resumes to a complete model. Odd rounds wait for
+/// the first checkpoint and then kill within about an epoch, while later
+/// epochs write over it; at least one of those kills must land while the run
+/// is still going, so the test cannot pass on kills that all came before
+/// anything was written or after the run ended.
 #[test]
 fn a_run_killed_at_any_instant_leaves_loadable_files_and_resumes() {
     let dir = temp_dir("kill");
@@ -123,9 +129,9 @@ fn a_run_killed_at_any_instant_leaves_loadable_files_and_resumes() {
         .unwrap_or_else(rand::random::<u64>);
     eprintln!("kill delays from seed {seed}");
     let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(seed);
+    let mut mid_run_after_a_checkpoint = 0;
     for round in 0..4 {
         let out = dir.join(format!("run{round}"));
-        let delay = rand::RngExt::random_range(&mut rng, 300..6000u64);
         let mut child = Command::new(env!("CARGO_BIN_EXE_wgfer"))
             .args(short_run(&data, &out, 4))
             .env("XDG_RUNTIME_DIR", std::env::temp_dir())
@@ -133,17 +139,45 @@ fn a_run_killed_at_any_instant_leaves_loadable_files_and_resumes() {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
+        let after_checkpoint = round % 2 == 1;
+        let delay = if after_checkpoint {
+            // config.json is written before the first epoch, resume.safetensors
+            // after it: the time between is an epoch, and three remain.
+            let started = wait_for(&out.join("config.json"), &mut child);
+            let epoch = wait_for(&out.join("resume.safetensors"), &mut child) - started;
+            rand::RngExt::random_range(&mut rng, 0..epoch.as_millis().max(1) as u64)
+        } else {
+            rand::RngExt::random_range(&mut rng, 300..6000u64)
+        };
         std::thread::sleep(Duration::from_millis(delay));
+        let running = child.try_wait().unwrap().is_none();
         child.kill().unwrap(); // SIGKILL: no handler runs
         child.wait().unwrap();
-        eprintln!("round {round}: killed after {delay} ms");
+        let when = if after_checkpoint {
+            "after the first checkpoint"
+        } else {
+            "after the start"
+        };
+        eprintln!(
+            "round {round}: killed {delay} ms {when}{}",
+            if running { "" } else { " (the run had ended)" }
+        );
+        if after_checkpoint {
+            // Every file is replaced atomically: the checkpoint that was
+            // there before the kill is still there, whole.
+            assert!(
+                out.join("resume.safetensors").exists(),
+                "resume.safetensors vanished in a kill {delay} ms {when}"
+            );
+            mid_run_after_a_checkpoint += running as usize;
+        }
         for f in ["best.safetensors", "last.safetensors", "resume.safetensors"] {
             let p = out.join(f);
             if p.exists() {
                 let t = tensors(&p);
                 assert!(
                     !t.is_empty(),
-                    "{f} after a kill at {delay} ms holds no tensors"
+                    "{f} after a kill {delay} ms {when} holds no tensors"
                 );
             }
         }
@@ -151,7 +185,7 @@ fn a_run_killed_at_any_instant_leaves_loadable_files_and_resumes() {
             let o = wgfer(&["train", "--resume", s(&out), "--quiet"]);
             assert!(
                 o.status.success(),
-                "resume after a kill at {delay} ms failed:\n{}",
+                "resume after a kill {delay} ms {when} failed:\n{}",
                 text(&o)
             );
             let expected = wgfer::fer::model::Architecture::resnet(5).params.len();
@@ -162,7 +196,30 @@ fn a_run_killed_at_any_instant_leaves_loadable_files_and_resumes() {
             );
         }
     }
+    assert!(
+        mid_run_after_a_checkpoint > 0,
+        "no kill landed while a run was going with a checkpoint on disk (seed {seed})"
+    );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Wait until `path` exists (polling), and return when it was seen. Panics
+/// when the child exits first, or after two minutes (killing the child).
+fn wait_for(path: &Path, child: &mut std::process::Child) -> Instant {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if path.exists() {
+            return Instant::now();
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the run ended ({status}) before writing {}", path.display());
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{} did not appear within two minutes", path.display());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 #[test]
@@ -229,5 +286,62 @@ fn output_paths_and_limits_are_checked_before_training() {
         "{}",
         text(&o)
     );
+    // The failed run removed the directories it made, and only those.
+    assert!(
+        !dir.join("big").exists(),
+        "a failed run left its --out behind"
+    );
+    let mut deeper = big.clone();
+    let at = deeper.iter().position(|a| a == "--out").unwrap();
+    deeper[at + 1] = s(&dir.join("new").join("deeper")).to_string();
+    assert!(!run_args(&deeper).status.success());
+    assert!(
+        !dir.join("new").exists(),
+        "a failed run left its parents behind"
+    );
+    let kept = dir.join("kept");
+    std::fs::create_dir_all(&kept).unwrap();
+    deeper[at + 1] = s(&kept).to_string();
+    assert!(!run_args(&deeper).status.success());
+    assert!(kept.exists(), "a directory that was there before is kept");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_run_stopped_in_its_first_epoch_and_data_changed_under_a_run() {
+    let dir = temp_dir("first-epoch");
+    let data = dir.join("faces.csv");
+    std::fs::copy(sample_csv(), &data).unwrap();
+    let run = dir.join("run");
+    let mut args = short_run(&data, &run, 2);
+    args.extend(["--interrupt-after".into(), "1".into()]);
+    let o = run_args(&args);
+    assert_eq!(o.status.code(), Some(130), "{}", text(&o));
+
+    // No epoch finished: eval says so and offers what there is.
+    let o = wgfer(&["eval", "--run", s(&run)]);
+    let t = text(&o);
+    assert!(!o.status.success(), "{t}");
+    assert!(
+        t.contains("no epoch of the run")
+            && t.contains(&format!("wgfer train --resume {}", run.display()))
+            && t.contains("last.safetensors"),
+        "{t}"
+    );
+    assert!(!t.contains("cannot read the weights file"), "{t}");
+
+    // The data file changes: resuming would train on another split, so it is refused.
+    let fewer: String = std::fs::read_to_string(&data)
+        .unwrap()
+        .lines()
+        .take(400)
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&data, fewer).unwrap();
+    let o = wgfer(&["train", "--resume", s(&run), "--quiet"]);
+    let t = text(&o);
+    assert!(!o.status.success(), "{t}");
+    assert!(t.contains("has changed since the run"), "{t}");
+    assert!(run.join("resume.safetensors").exists(), "the run is kept");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -4,20 +4,20 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 
-use super::open_gpu;
+use super::{count, open_gpu};
 use wgfer::fer::bench;
 
 /// Time the real training step and inference pass, and profile every kernel in them.
 #[derive(clap::Args)]
 pub struct Args {
     /// Training batch size.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = count, allow_negative_numbers = true)]
     batch_size: usize,
     /// Inference batch size.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 256, value_parser = count, allow_negative_numbers = true)]
     infer_batch_size: usize,
     /// Timed repetitions per figure (the median is reported).
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, value_parser = count, allow_negative_numbers = true)]
     reps: usize,
     /// Print one JSON object.
     #[arg(long)]

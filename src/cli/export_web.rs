@@ -5,7 +5,8 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 
-use super::open_gpu;
+use super::quiet;
+use wgfer::engine::{Gpu, Kernels};
 use wgfer::fer::model::Model;
 use wgfer::fer::{predict, web};
 
@@ -32,7 +33,12 @@ pub fn run(a: Args) -> Result<ExitCode> {
         Some(w) => w,
         None => predict::default_weights()?,
     };
-    let gpu = open_gpu(a.adapter.as_deref())?;
+    // A browser may lack subgroups (and has its own widths): record the
+    // kernels every adapter runs, whatever this one offers.
+    let gpu = Gpu::with_kernels(a.adapter.as_deref(), Kernels::Portable)?;
+    if let Some(notice) = gpu.software_notice().filter(|_| !quiet()) {
+        eprintln!("{notice}");
+    }
     let (model, class_names) = Model::load(&gpu, &weights)?;
     let files = web::site(&model, &class_names, &a.batch)?;
     std::fs::create_dir_all(&a.dir).with_context(|| format!("creating {}", a.dir.display()))?;

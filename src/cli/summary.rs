@@ -9,8 +9,8 @@ use wgfer::fer::model::Architecture;
 /// Print the model's layers and parameter counts, as Keras' model.summary().
 #[derive(clap::Args)]
 pub struct Args {
-    /// Number of output classes.
-    #[arg(long, default_value_t = 5)]
+    /// Number of output classes (2 to 256).
+    #[arg(long, default_value_t = 5, value_parser = super::class_count, allow_negative_numbers = true)]
     classes: usize,
 }
 

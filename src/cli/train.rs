@@ -6,6 +6,7 @@ use std::sync::atomic::Ordering;
 
 use anyhow::{Context, Result};
 
+use super::{class_count, count, positive, whole};
 use wgfer::fer::data;
 use wgfer::fer::train::{self, RunConfig, TrainRequest};
 
@@ -30,23 +31,23 @@ pub struct Args {
     #[arg(long)]
     force: bool,
     /// Training epochs.
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = 20, value_parser = count, allow_negative_numbers = true)]
     epochs: usize,
     /// Images per training step.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = count, allow_negative_numbers = true)]
     batch_size: usize,
     /// Adam's learning rate (Keras' default).
-    #[arg(long, default_value_t = 1e-3)]
+    #[arg(long, default_value_t = 1e-3, value_parser = positive, allow_negative_numbers = true)]
     lr: f32,
     /// Seed of the split, the initial weights, the data order and the augmentation.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = whole::<u64>, allow_negative_numbers = true)]
     seed: u64,
     /// Stop after this many epochs without a better validation loss.
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = 20, value_parser = count, allow_negative_numbers = true)]
     patience: usize,
     /// Halve the learning rate after N epochs without a better validation
     /// loss (Keras' ReduceLROnPlateau; down to 1e-5). Off by default, as in the tutorial.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = count, allow_negative_numbers = true)]
     reduce_lr_patience: Option<usize>,
     /// Train on the images as they are (no rotation, shift, shear or zoom).
     #[arg(long)]
@@ -55,7 +56,7 @@ pub struct Args {
     #[arg(long)]
     flip: bool,
     /// Number of classes (default: from the data: 5 for the tutorial's file, 7 for fer2013.csv).
-    #[arg(long)]
+    #[arg(long, value_parser = class_count, allow_negative_numbers = true)]
     classes: Option<usize>,
     /// Class names, comma-separated (default: the tutorial's five or FER-2013's seven).
     #[arg(long, value_name = "A,B,...")]
@@ -64,19 +65,16 @@ pub struct Args {
     #[arg(long)]
     skip_bad_rows: bool,
     /// Read at most this many rows of the CSV.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = count, allow_negative_numbers = true)]
     limit: Option<usize>,
     /// At most this many steps per epoch (for quick runs).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = count, allow_negative_numbers = true)]
     steps_per_epoch: Option<usize>,
     /// Adapter to use: a case-insensitive part of its name (see `wgfer info`).
     #[arg(long, value_name = "NAME")]
     adapter: Option<String>,
-    /// Print nothing but errors.
-    #[arg(long, short)]
-    quiet: bool,
     /// Testing aid: behave as if Ctrl-C came after N steps.
-    #[arg(long, value_name = "N", hide = true)]
+    #[arg(long, value_name = "N", hide = true, value_parser = whole::<usize>, allow_negative_numbers = true)]
     interrupt_after: Option<usize>,
 }
 
@@ -123,7 +121,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         resume: resuming,
         force: a.force,
         adapter: a.adapter,
-        quiet: a.quiet,
+        quiet: super::quiet(),
         epochs_override: (resuming && epochs_given).then_some(a.epochs),
         interrupt_after: a.interrupt_after,
     })?;

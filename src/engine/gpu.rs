@@ -58,6 +58,49 @@ impl std::fmt::Display for AdapterSummary {
     }
 }
 
+/// Which kernels to run where an op has more than one for the same work.
+///
+/// Some kernels rely on what only some adapters offer (the 8-lane gemm needs
+/// subgroups exactly 8 lanes wide, as lavapipe's are); every other adapter
+/// runs the portable ones. `Portable` runs those everywhere, so that the
+/// kernels most GPUs run are tested on any machine. `Gpu::new` reads it from
+/// `WGFER_KERNELS`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Kernels {
+    /// The fastest kernels this adapter supports.
+    #[default]
+    Fastest,
+    /// Only the kernels every adapter runs.
+    Portable,
+}
+
+impl Kernels {
+    /// The environment variable `Gpu::new` reads.
+    pub const ENV: &'static str = "WGFER_KERNELS";
+
+    /// A value of `WGFER_KERNELS`: unset or empty means `Fastest`.
+    pub fn parse(value: Option<&str>) -> Result<Kernels> {
+        match value.unwrap_or("") {
+            "" | "fastest" => Ok(Kernels::Fastest),
+            "portable" => Ok(Kernels::Portable),
+            other => bail!(
+                "{}={other} is not a kernel choice: use `portable` (only the kernels every GPU runs) \
+                 or `fastest` (the default)",
+                Kernels::ENV
+            ),
+        }
+    }
+
+    /// `WGFER_KERNELS` from the environment.
+    pub fn from_env() -> Result<Kernels> {
+        match std::env::var(Kernels::ENV) {
+            Ok(v) => Kernels::parse(Some(&v)),
+            Err(std::env::VarError::NotPresent) => Ok(Kernels::Fastest),
+            Err(e) => bail!("{}: {e}", Kernels::ENV),
+        }
+    }
+}
+
 /// Counters that tests and benchmarks read to prove the hot loop is lean.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct GpuStats {
@@ -98,6 +141,9 @@ struct Inner {
     timestamps: bool,
     /// (min, max) subgroup size when the SUBGROUP feature is on.
     subgroup_sizes: Option<(u32, u32)>,
+    kernel_choice: Kernels,
+    /// Dispatches per shader name, so tests can tell which kernel ran.
+    shader_dispatches: Mutex<HashMap<&'static str, u64>>,
     modules: Mutex<HashMap<&'static str, wgpu::ShaderModule>>,
     kernels: Mutex<HashMap<String, Arc<Kernel>>>,
     pool: Arc<Mutex<Pool>>,
@@ -185,7 +231,13 @@ impl Gpu {
     /// `adapter_name`: a case-insensitive substring of the adapter's name; when
     /// `None`, the `WGPU_ADAPTER_NAME` environment variable is used if set.
     /// `WGPU_BACKEND` (e.g. `vulkan`, `metal`, `dx12`, `gl`) limits the backends.
+    /// `WGFER_KERNELS=portable` runs only the kernels every adapter runs.
     pub fn new(adapter_name: Option<&str>) -> Result<Gpu> {
+        Gpu::with_kernels(adapter_name, Kernels::from_env()?)
+    }
+
+    /// `new` with the kernel choice given rather than read from `WGFER_KERNELS`.
+    pub fn with_kernels(adapter_name: Option<&str>, kernels: Kernels) -> Result<Gpu> {
         // Vulkan, Metal and DX12 unless WGPU_BACKEND says otherwise: the GL
         // backend lacks what the kernels need (and probing it opens displays).
         let backends = wgpu::Backends::from_env().unwrap_or(wgpu::Backends::PRIMARY);
@@ -280,6 +332,8 @@ impl Gpu {
             limits,
             timestamps,
             subgroup_sizes: subgroups.then_some((info.subgroup_min_size, info.subgroup_max_size)),
+            kernel_choice: kernels,
+            shader_dispatches: Mutex::default(),
             modules: Mutex::default(),
             kernels: Mutex::default(),
             pool: Arc::default(),
@@ -329,6 +383,28 @@ impl Gpu {
     /// (min, max) subgroup size, when subgroup operations are available.
     pub fn subgroup_sizes(&self) -> Option<(u32, u32)> {
         self.0.subgroup_sizes
+    }
+
+    /// Which kernels ops pick where they have a choice.
+    pub fn kernels(&self) -> Kernels {
+        self.0.kernel_choice
+    }
+
+    /// The subgroup width every subgroup of this adapter has, which a kernel
+    /// may be written for; `None` when widths vary, subgroups are missing, or
+    /// only portable kernels may run.
+    pub fn fixed_subgroup_size(&self) -> Option<u32> {
+        match (self.0.kernel_choice, self.0.subgroup_sizes) {
+            (Kernels::Fastest, Some((min, max))) if min == max => Some(min),
+            _ => None,
+        }
+    }
+
+    /// How many dispatches of kernels compiled from the shader named `shader`
+    /// were encoded so far (tests check which of two kernels ran).
+    pub fn dispatches_of(&self, shader: &str) -> u64 {
+        let counts = self.0.shader_dispatches.lock().unwrap();
+        counts.get(shader).copied().unwrap_or(0)
     }
 
     pub fn has_timestamps(&self) -> bool {
@@ -677,6 +753,13 @@ impl Gpu {
             pass.dispatch_workgroups(grid[0], grid[1], grid[2]);
         });
         self.0.stats.lock().unwrap().dispatches += 1;
+        *self
+            .0
+            .shader_dispatches
+            .lock()
+            .unwrap()
+            .entry(kernel.shader.name)
+            .or_default() += 1;
         Ok(())
     }
 

@@ -14,5 +14,5 @@ pub mod record;
 pub mod tape;
 pub mod tensor;
 
-pub use gpu::{Gpu, Shader};
+pub use gpu::{Gpu, Kernels, Shader};
 pub use tensor::Tensor;

@@ -2,7 +2,8 @@
 //! `ImageDataGenerator(rotation_range=15, width_shift_range=0.1, height_shift_range=0.1,
 //! shear_range=0.1, zoom_range=0.1, horizontal_flip=False, fill_mode='nearest')`,
 //! interpolation order 1 (bilinear), as re-implemented by the PyTorch peer
-//! (`KerasLikeAugment` in torch_fer.py).
+//! used for the speed comparison (`KerasLikeAugment` in
+//! `../shared/peers/torch_fer.py`, beside this repository, not in it).
 //!
 //! Conventions (those of Keras' `apply_affine_transform` after its axis-permutation fix):
 //! - The matrix `M = offset(c) · R(theta) · T(tx, ty) · Sh(shear) · Z(zx, zy) · offset(-c)`,
@@ -637,26 +638,6 @@ mod tests {
             }
             .validate()
             .is_err()
-        );
-    }
-
-    /// Throughput check: `cargo test --release -- --ignored --nocapture bench_`.
-    #[test]
-    #[ignore]
-    fn bench_augment_batch() {
-        let src: Vec<u8> = (0..64).flat_map(|_| img()).collect();
-        let mut dst = vec![0.0; src.len()];
-        let mut a = Augmenter::new(AugmentConfig::default(), 0, 0);
-        let n = 500;
-        let t0 = std::time::Instant::now();
-        for _ in 0..n {
-            a.augment_batch(&src, &mut dst);
-        }
-        let per = t0.elapsed().as_secs_f64() / n as f64;
-        println!(
-            "augment_batch(64): {:.3} ms per batch, {:.2} us per image",
-            per * 1e3,
-            per * 1e6 / 64.0
         );
     }
 }

@@ -1,4 +1,5 @@
-//! Model weights in the safetensors format, and atomic file writes.
+//! Model weights in the safetensors format, written with
+//! [`crate::fer::files::write_atomic`].
 //!
 //! Only `f32` tensors are written and accepted. Loading checks the file against
 //! the list of tensors the model expects (names, shapes, dtype) and refuses
@@ -7,14 +8,15 @@
 //! that names the file (and the tensor, where there is one), never a panic.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::fs;
+use std::io;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{Context, Result, anyhow, bail};
 use safetensors::tensor::{Metadata, TensorView};
 use safetensors::{Dtype, SafeTensorError, SafeTensors};
+
+use crate::fer::files::write_atomic;
 
 /// Bytes before the JSON header: its length as a little-endian u64.
 const LEN_BYTES: usize = 8;
@@ -35,125 +37,6 @@ pub struct NamedTensor {
 pub struct Weights {
     pub tensors: Vec<NamedTensor>,
     pub metadata: BTreeMap<String, String>,
-}
-
-/// Write bytes to `path` atomically: a temp file in the same directory, write,
-/// fsync (file), rename over the target, fsync the directory. A crash at any
-/// instant leaves either the old file or the new complete one.
-///
-/// On failure the temp file is removed; the target is left as it was.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-
-    let file_name = path.file_name().ok_or_else(|| {
-        anyhow!(
-            "cannot write `{}`: the path does not end in a file name",
-            path.display()
-        )
-    })?;
-    let dir = match path.parent() {
-        Some(parent) if !parent.as_os_str().is_empty() => parent,
-        _ => Path::new("."),
-    };
-    match fs::metadata(dir) {
-        Ok(meta) if meta.is_dir() => {}
-        Ok(_) => bail!(
-            "cannot write `{}`: `{}` is not a directory",
-            path.display(),
-            dir.display()
-        ),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => bail!(
-            "cannot write `{}`: the directory `{}` does not exist (create it first)",
-            path.display(),
-            dir.display()
-        ),
-        Err(e) => {
-            return Err(e).with_context(|| {
-                format!(
-                    "cannot write `{}`: cannot access the directory `{}`",
-                    path.display(),
-                    dir.display()
-                )
-            });
-        }
-    }
-
-    // A short, unique, hidden name beside the target (same file system, so the
-    // rename is atomic). The target's name is shortened so the temp name stays
-    // within the usual 255-byte limit.
-    let stem: String = file_name.to_string_lossy().chars().take(96).collect();
-    let (tmp_path, mut file) = {
-        let mut attempt = 0;
-        loop {
-            let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-            let candidate = dir.join(format!(".{stem}.tmp-{}-{n}", std::process::id()));
-            match OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&candidate)
-            {
-                Ok(file) => break (candidate, file),
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && attempt < 100 => {
-                    attempt += 1;
-                }
-                Err(e) => {
-                    return Err(e).with_context(|| {
-                        format!(
-                            "cannot write `{}`: cannot create a temporary file in `{}`",
-                            path.display(),
-                            dir.display()
-                        )
-                    });
-                }
-            }
-        }
-    };
-
-    let written = file
-        .write_all(bytes)
-        .and_then(|()| file.sync_all())
-        .with_context(|| {
-            format!(
-                "cannot write `{}`: writing the temporary file `{}` failed",
-                path.display(),
-                tmp_path.display()
-            )
-        })
-        .and_then(|()| {
-            drop(file);
-            fs::rename(&tmp_path, path).with_context(|| {
-                format!(
-                    "cannot write `{}`: renaming the temporary file `{}` over it failed",
-                    path.display(),
-                    tmp_path.display()
-                )
-            })
-        });
-    if let Err(e) = written {
-        // Best effort: the error that matters is the one above.
-        let _ = fs::remove_file(&tmp_path);
-        return Err(e);
-    }
-
-    sync_dir(dir).with_context(|| {
-        format!(
-            "wrote `{}` but could not flush its directory `{}` to disk",
-            path.display(),
-            dir.display()
-        )
-    })
-}
-
-#[cfg(unix)]
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
-#[cfg(not(unix))]
-fn sync_dir(_dir: &Path) -> io::Result<()> {
-    // Directories cannot be opened for syncing on this platform; the rename
-    // itself is still atomic.
-    Ok(())
 }
 
 /// Serialize f32 tensors + string metadata (`__metadata__`) in safetensors
@@ -227,8 +110,34 @@ pub fn to_bytes(tensors: &[NamedTensor], metadata: &BTreeMap<String, String>) ->
                 .collect(),
         )
     };
-    safetensors::serialize(views.iter().map(|(n, v)| (*n, v)), info)
-        .map_err(|e| anyhow!("cannot serialize the tensors: {e}"))
+    let mut bytes = safetensors::serialize(views.iter().map(|(n, v)| (*n, v)), info)
+        .map_err(|e| anyhow!("cannot serialize the tensors: {e}"))?;
+    sort_metadata(&mut bytes, metadata)?;
+    Ok(bytes)
+}
+
+/// Put the header's `__metadata__` entries in key order, so that the same weights and
+/// metadata always give the same bytes. (The safetensors crate takes the metadata as a
+/// `HashMap` and writes it in that map's random order.) The crate writes the header as
+/// `{"__metadata__":{...},tensors...}`: the map is swapped in place for its sorted form,
+/// which has the same length, so no offset moves.
+fn sort_metadata(bytes: &mut [u8], metadata: &BTreeMap<String, String>) -> Result<()> {
+    if metadata.is_empty() {
+        return Ok(());
+    }
+    const PREFIX: &[u8] = br#"{"__metadata__":"#;
+    let sorted = serde_json::to_vec(metadata)?;
+    let start = 8 + PREFIX.len();
+    let region = bytes.get(start..start + sorted.len());
+    // Check that the region really is the metadata map before overwriting it.
+    let is_map = bytes.get(8..start) == Some(PREFIX)
+        && region.and_then(|r| serde_json::from_slice::<BTreeMap<String, String>>(r).ok())
+            == Some(metadata.clone());
+    if !is_map {
+        bail!("unexpected safetensors header layout: cannot sort its metadata");
+    }
+    bytes[start..start + sorted.len()].copy_from_slice(&sorted);
+    Ok(())
 }
 
 /// Read and validate against the expected (name, shape) list BEFORE returning
@@ -573,6 +482,28 @@ mod tests {
     }
 
     #[test]
+    fn the_same_weights_and_metadata_give_the_same_bytes() {
+        let meta: BTreeMap<String, String> = (0..12)
+            .map(|i| (format!("key{i:02}"), format!("value \"{i}\"")))
+            .collect();
+        let dir = temp_dir("same-bytes");
+        let (a, b) = (dir.join("a.safetensors"), dir.join("b.safetensors"));
+        save(&a, &sample(), &meta).unwrap();
+        save(&b, &sample(), &meta).unwrap();
+        let (a_bytes, b_bytes) = (fs::read(&a).unwrap(), fs::read(&b).unwrap());
+        assert!(a_bytes == b_bytes, "two saves of the same weights differ");
+        // The keys are in order in the header, and the file still reads back.
+        let header = String::from_utf8_lossy(&a_bytes[..400]).into_owned();
+        let at: Vec<usize> = meta
+            .keys()
+            .map(|k| header.find(k.as_str()).unwrap())
+            .collect();
+        assert!(at.windows(2).all(|w| w[0] < w[1]), "{header}");
+        assert_eq!(load(&a, &expected_of(&sample())).unwrap().metadata, meta);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn empty_metadata_round_trips() {
         let w = load_bytes(&sample_bytes(), "w", &expected_of(&sample())).unwrap();
         assert!(w.metadata.is_empty());
@@ -869,39 +800,6 @@ mod tests {
     }
 
     #[test]
-    fn write_atomic_replaces_and_leaves_no_temp_files() {
-        let dir = temp_dir("atomic");
-        let path = dir.join("out.bin");
-        write_atomic(&path, b"first version, rather long").unwrap();
-        assert_eq!(fs::read(&path).unwrap(), b"first version, rather long");
-        write_atomic(&path, b"second").unwrap();
-        assert_eq!(fs::read(&path).unwrap(), b"second");
-        write_atomic(&path, b"").unwrap();
-        assert_eq!(fs::read(&path).unwrap(), b"");
-        let names: Vec<_> = fs::read_dir(&dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        assert_eq!(names, vec![std::ffi::OsString::from("out.bin")]);
-        fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn write_atomic_failure_leaves_target_and_no_temp_files() {
-        let dir = temp_dir("atomicfail");
-        // The target is a non-empty directory: the rename must fail.
-        let target = dir.join("taken");
-        fs::create_dir(&target).unwrap();
-        fs::write(target.join("keep"), b"x").unwrap();
-        let msg = format!("{:#}", write_atomic(&target, b"data").unwrap_err());
-        assert!(msg.contains("taken"), "{msg}");
-        let names: Vec<_> = fs::read_dir(&dir).unwrap().collect();
-        assert_eq!(names.len(), 1);
-        assert!(target.join("keep").exists());
-        fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
     fn write_into_missing_directory_fails_clearly() {
         let dir = temp_dir("missingdir");
         let path = dir.join("no/such/dir/w.safetensors");
@@ -914,11 +812,5 @@ mod tests {
         );
         assert!(msg.contains("does not exist"), "{msg}");
         fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn write_atomic_needs_a_file_name() {
-        assert!(write_atomic(Path::new("/"), b"x").is_err());
-        assert!(write_atomic(Path::new(".."), b"x").is_err());
     }
 }

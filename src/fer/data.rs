@@ -7,14 +7,22 @@
 //!
 //! Header names are trimmed (the tutorial's header has a space after the comma) and matched
 //! case-insensitively; the columns may come in any order and extra columns are ignored.
+//!
+//! The file may be the CSV itself, the CSV gzipped (`emotion.csv.gz`), or a tar archive
+//! holding it, gzipped or not (Kaggle's `fer2013.tar.gz`). The container is told from the
+//! content, not the name, and read as a stream: nothing is unpacked to disk.
 
 use std::fs::File;
+use std::io::{self, Cursor, Read};
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
+use flate2::read::MultiGzDecoder;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 /// Image side in pixels.
 pub const SIDE: usize = 48;
@@ -53,7 +61,8 @@ pub struct Dataset {
     pub labels: Vec<u8>,
     /// `Some` when the file had a Usage column.
     pub usage: Option<Vec<Usage>>,
-    /// `LoadOptions::classes` if given, else max label + 1 but at least 5.
+    /// `LoadOptions::classes` if given, else max label + 1 but at least the layout's
+    /// count ([`layout_classes`]: 5, or Kaggle's 7 with a Usage column).
     pub num_classes: usize,
     /// Rows skipped because of `LoadOptions::skip_bad_rows`.
     pub skipped_rows: usize,
@@ -110,7 +119,8 @@ impl Dataset {
 pub struct LoadOptions {
     /// Skip and count bad rows instead of stopping at the first one.
     pub skip_bad_rows: bool,
-    /// Number of classes; labels must be below it. `None`: max label + 1, at least 5.
+    /// Number of classes; labels must be below it. `None`: max label + 1, at least the
+    /// layout's count (5, or 7 with a Usage column).
     pub classes: Option<usize>,
     /// Read at most this many good rows.
     pub limit: Option<usize>,
@@ -122,16 +132,168 @@ struct Columns {
     usage: Option<usize>,
 }
 
-/// Load a FER CSV (see the module docs for the layouts).
+/// Load a FER CSV (see the module docs for the layouts and containers).
 ///
 /// A bad row (wrong pixel count, a non-number, a value over 255, a bad or out-of-range
 /// label, a missing field, an unknown Usage) stops loading with `FILE:LINE: problem`
-/// (1-based line numbers, the header is line 1), unless `opts.skip_bad_rows` is set, in
-/// which case it is skipped and counted in `skipped_rows`.
+/// (1-based line numbers, the header is line 1; a CSV inside a tar archive is named
+/// `ARCHIVE!MEMBER`), unless `opts.skip_bad_rows` is set, in which case it is skipped
+/// and counted in `skipped_rows`.
 pub fn load_csv(path: &Path, opts: &LoadOptions) -> Result<Dataset> {
+    Ok(load_csv_fingerprinted(path, opts)?.0)
+}
+
+/// What a data file holds, to recognise it later: the SHA-256 and length of the CSV's
+/// bytes once decompressed, so `x.csv` and `x.csv.gz` of the same data agree.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataFingerprint {
+    /// Lowercase hex SHA-256 of the whole CSV.
+    pub sha256: String,
+    /// The CSV's length in bytes.
+    pub bytes: u64,
+}
+
+/// [`load_csv`], and the fingerprint of the whole CSV (all of it is read, even past
+/// `opts.limit`, so that the fingerprint names the file, not the part loaded).
+pub fn load_csv_fingerprinted(
+    path: &Path,
+    opts: &LoadOptions,
+) -> Result<(Dataset, DataFingerprint)> {
+    with_csv_stream(path, |reader, name| {
+        let mut hashing = Hashing {
+            inner: reader,
+            hasher: Sha256::new(),
+            bytes: 0,
+        };
+        let ds = read_csv(&mut hashing, name, opts)?;
+        io::copy(&mut hashing, &mut io::sink())
+            .with_context(|| format!("{name}: cannot read the data"))?;
+        let sha256 = hashing
+            .hasher
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        Ok((
+            ds,
+            DataFingerprint {
+                sha256,
+                bytes: hashing.bytes,
+            },
+        ))
+    })
+}
+
+/// A reader that hashes and counts what passes through it.
+struct Hashing<R> {
+    inner: R,
+    hasher: Sha256,
+    bytes: u64,
+}
+
+impl<R: Read> Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+}
+
+/// A tar header block is 512 bytes; reading that much tells every container apart.
+const BLOCK: usize = 512;
+
+/// Open `path` and hand `f` a stream of the CSV inside it (plain, gzipped, or the first
+/// `.csv` member of a tar archive, itself gzipped or not) and the name to use in messages.
+fn with_csv_stream<T>(path: &Path, f: impl FnOnce(&mut dyn Read, &str) -> Result<T>) -> Result<T> {
     let name = path.display().to_string();
     let file = File::open(path).with_context(|| format!("cannot open data file {name}"))?;
-    read_csv(file, &name, opts)
+    let (head, file) = peek(io::BufReader::with_capacity(1 << 16, file), &name)?;
+    if head.starts_with(&[0x1f, 0x8b]) {
+        // gzip: look again at what it decompresses to.
+        let gz = MultiGzDecoder::new(Cursor::new(head).chain(file));
+        let (head, gz) = peek(gz, &name)?;
+        let mut stream = Cursor::new(head.clone()).chain(gz);
+        if is_tar(&head) {
+            return from_tar(stream, &name, f);
+        }
+        return f(&mut stream, &name);
+    }
+    let mut stream = Cursor::new(head.clone()).chain(file);
+    if is_tar(&head) {
+        return from_tar(stream, &name, f);
+    }
+    f(&mut stream, &name)
+}
+
+/// Read up to [`BLOCK`] bytes (fewer only at the end of the stream); return them and the
+/// rest of the stream.
+fn peek<R: Read>(mut r: R, name: &str) -> Result<(Vec<u8>, R)> {
+    let mut head = Vec::with_capacity(BLOCK);
+    (&mut r)
+        .take(BLOCK as u64)
+        .read_to_end(&mut head)
+        .with_context(|| format!("{name}: cannot read the data"))?;
+    Ok((head, r))
+}
+
+/// A tar header: the `ustar` magic of POSIX and GNU tar, or (old V7 archives) a
+/// checksum that matches: the sum of the block's bytes with the checksum field as spaces.
+fn is_tar(block: &[u8]) -> bool {
+    if block.len() < BLOCK {
+        return false;
+    }
+    if &block[257..262] == b"ustar" {
+        return true;
+    }
+    let field = std::str::from_utf8(&block[148..156]).unwrap_or("");
+    let Ok(stored) = u32::from_str_radix(field.trim_matches(|c| c == ' ' || c == '\0'), 8) else {
+        return false;
+    };
+    let sum: u32 = block
+        .iter()
+        .enumerate()
+        .map(|(i, &b)| {
+            if (148..156).contains(&i) {
+                b' ' as u32
+            } else {
+                b as u32
+            }
+        })
+        .sum();
+    stored == sum
+}
+
+/// Hand `f` the first `.csv` member of a tar stream, named `ARCHIVE!MEMBER`.
+fn from_tar<T>(
+    stream: impl Read,
+    name: &str,
+    f: impl FnOnce(&mut dyn Read, &str) -> Result<T>,
+) -> Result<T> {
+    let mut archive = tar::Archive::new(stream);
+    let broken = || format!("{name}: cannot read the tar archive");
+    let mut seen = vec![];
+    for entry in archive.entries().with_context(broken)? {
+        let mut entry = entry.with_context(broken)?;
+        let member = entry.path().with_context(broken)?.into_owned();
+        let file_name = member.file_name().map(|n| n.to_string_lossy().into_owned());
+        // `._x.csv` is macOS's resource-fork companion of x.csv, not data.
+        let is_csv = entry.header().entry_type().is_file()
+            && file_name
+                .is_some_and(|n| !n.starts_with("._") && n.to_lowercase().ends_with(".csv"));
+        if is_csv {
+            return f(&mut entry, &format!("{name}!{}", member.display()));
+        }
+        seen.push(member.display().to_string());
+    }
+    bail!(
+        "{name} is a tar archive with no .csv file in it (it holds: {})",
+        if seen.is_empty() {
+            "nothing".to_string()
+        } else {
+            seen.join(", ")
+        }
+    )
 }
 
 /// Like [`load_csv`], from any reader; `name` is used in messages (the fuzz
@@ -226,11 +388,12 @@ pub fn read_csv<R: std::io::Read>(reader: R, name: &str, opts: &LoadOptions) -> 
         bail!("{name}: all {skipped} data rows are bad (skipped); nothing to load");
     }
     let max_label = labels.iter().copied().max().map_or(0, |m| m as usize + 1);
+    let layout = if usage.is_some() { 7 } else { 5 };
     Ok(Dataset {
         pixels,
         labels,
         usage,
-        num_classes: opts.classes.unwrap_or(max_label.max(5)),
+        num_classes: opts.classes.unwrap_or(max_label.max(layout)),
         skipped_rows: skipped,
     })
 }
@@ -364,7 +527,8 @@ pub struct Splits {
 }
 
 /// With a Usage column: Training -> train, PublicTest -> validation, PrivateTest -> test
-/// (each in file order).
+/// (each in file order). A file without PrivateTest rows (Kaggle's training copy) has its
+/// PublicTest rows halved with `seed`: the first half validation, the rest test.
 ///
 /// Without: the tutorial's seeded random split. The indices are shuffled with `seed`;
 /// `n_held = ceil(0.1 * n)` (computed in f64 exactly as sklearn's
@@ -377,10 +541,21 @@ pub fn split(ds: &Dataset, seed: u64) -> Result<Splits> {
     let n = ds.len();
     if let Some(usage) = &ds.usage {
         let pick = |u: Usage| -> Vec<usize> { (0..n).filter(|&i| usage[i] == u).collect() };
+        let (mut validation, mut test) = (pick(Usage::PublicTest), pick(Usage::PrivateTest));
+        if test.is_empty() && validation.len() >= 2 {
+            // Kaggle's file without its PrivateTest rows (the copy people pass
+            // around for training): PublicTest is halved, seeded, into
+            // validation and test.
+            let mut rng = StdRng::seed_from_u64(stream_seed(seed, STREAM_SPLIT, 0));
+            validation.shuffle(&mut rng);
+            test = validation.split_off(validation.len() / 2);
+            validation.sort_unstable();
+            test.sort_unstable();
+        }
         let s = Splits {
             train: pick(Usage::Training),
-            validation: pick(Usage::PublicTest),
-            test: pick(Usage::PrivateTest),
+            validation,
+            test,
         };
         for (split, list, u) in [
             ("train", &s.train, "Training"),
@@ -456,6 +631,51 @@ pub fn default_class_names(num_classes: usize) -> Vec<String> {
         _ => return (0..num_classes).map(|i| format!("class{i}")).collect(),
     };
     names.iter().map(|s| s.to_string()).collect()
+}
+
+/// The class count a file's layout implies: Kaggle's 7 with a Usage column, else the
+/// tutorial's 5.
+pub fn layout_classes(ds: &Dataset) -> usize {
+    if ds.usage.is_some() { 7 } else { 5 }
+}
+
+/// Refuse weights whose classes are not the data's: the labels would be read as other
+/// expressions and the scores would be silently wrong (a 7-class model on the tutorial's
+/// 5-class file calls its "sad" rows "fear").
+///
+/// A CSV names no classes, so the data's classes are what its labels and layout show:
+/// every label must be below the weights' count, and that count must be one more than the
+/// largest label, or the layout's (5, or 7 with a Usage column; a small file may lack the
+/// last classes).
+/// The error names both lists. Callers that let the user declare the data's class count
+/// (`eval --classes N`) load with that count and skip this check when it equals the weights'.
+pub fn check_classes(weights: &[String], ds: &Dataset) -> Result<()> {
+    let m = weights.len();
+    let seen = ds
+        .labels
+        .iter()
+        .copied()
+        .max()
+        .map_or(0, |l| l as usize + 1);
+    let layout = layout_classes(ds);
+    if seen <= m && (seen == m || layout == m) {
+        return Ok(());
+    }
+    let data = seen.max(layout);
+    let why = if seen > m {
+        format!("it has labels up to {}", seen - 1)
+    } else if ds.usage.is_some() {
+        "Kaggle's layout, with a Usage column".to_string()
+    } else {
+        "the tutorial's layout, without a Usage column".to_string()
+    };
+    bail!(
+        "the weights have {m} classes ({}) but the data has {data} ({}; {why}): its labels would \
+         be read as other expressions. Use weights trained on this data's classes; if its labels \
+         really are the weights' class numbers, say so with --classes {m}",
+        weights.join(", "),
+        default_class_names(data).join(", "),
+    )
 }
 
 /// Comma-separated class names (trimmed); there must be exactly `num_classes` distinct,
@@ -719,7 +939,22 @@ mod tests {
         assert_eq!(sub.labels, vec![6, 1]);
         assert_eq!(sub.num_classes, 7);
         assert_eq!(sub.usage.as_ref().unwrap().len(), 2);
-        // No PrivateTest rows: test split empty.
+        // No PrivateTest rows (Kaggle's training copy): PublicTest is halved,
+        // seeded, into validation and test.
+        let mut csv = format!("emotion,pixels,Usage\n0,{g},Training\n");
+        for i in 0..9 {
+            csv += &format!("{},{g},PublicTest\n", i % 7);
+        }
+        let ds = load(&csv, &LoadOptions::default()).unwrap();
+        let s = split(&ds, 0).unwrap();
+        assert_eq!(s.train, vec![0]);
+        assert_eq!((s.validation.len(), s.test.len()), (4, 5));
+        let mut all: Vec<usize> = s.validation.iter().chain(&s.test).copied().collect();
+        all.sort_unstable();
+        assert_eq!(all, (1..10).collect::<Vec<_>>());
+        assert_eq!(split(&ds, 0).unwrap(), s, "same seed, same split");
+        assert_ne!(split(&ds, 1).unwrap().test, s.test, "another seed, another halving");
+        // One PublicTest row cannot be halved: the test split is empty.
         let csv = format!("emotion,pixels,Usage\n0,{g},Training\n1,{g},PublicTest\n");
         let ds = load(&csv, &LoadOptions::default()).unwrap();
         let e = format!("{:#}", split(&ds, 0).unwrap_err());
@@ -783,6 +1018,36 @@ mod tests {
     }
 
     #[test]
+    fn weights_and_data_with_other_classes_are_refused() {
+        let names = |n| default_class_names(n);
+        let tutorial = fake(100); // labels 0..=4, no Usage column
+        check_classes(&names(5), &tutorial).unwrap();
+        // The issue's case: 7-class weights on the tutorial's file.
+        let e = format!("{:#}", check_classes(&names(7), &tutorial).unwrap_err());
+        assert!(
+            e.contains("the weights have 7 classes (angry, disgust, fear")
+                && e.contains("the data has 5 (anger, disgust, sad, happiness, surprise")
+                && e.contains("--classes 7"),
+            "{e}"
+        );
+        // Labels beyond the weights' classes.
+        let mut kaggle = fake(100);
+        kaggle.labels = (0..100).map(|i| (i % 7) as u8).collect();
+        kaggle.usage = Some(vec![Usage::Training; 100]);
+        check_classes(&names(7), &kaggle).unwrap();
+        let e = format!("{:#}", check_classes(&names(5), &kaggle).unwrap_err());
+        assert!(e.contains("labels up to 6"), "{e}");
+        // A small file may lack the last classes; a custom 3-class set fits 3-class weights.
+        let mut few = fake(10);
+        few.labels = vec![0, 1, 2, 1, 0, 2, 1, 0, 2, 1];
+        check_classes(&names(5), &few).unwrap();
+        check_classes(&names(3), &few).unwrap();
+        assert!(check_classes(&names(7), &few).is_err());
+        kaggle.labels.iter_mut().for_each(|l| *l %= 5);
+        check_classes(&names(7), &kaggle).unwrap();
+    }
+
+    #[test]
     fn class_names() {
         assert_eq!(default_class_names(5)[3], "happiness");
         assert_eq!(default_class_names(7)[6], "neutral");
@@ -822,7 +1087,7 @@ mod tests {
     #[test]
     #[ignore]
     fn bench_load_full() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/emotion.csv");
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/emotion.csv.gz");
         assert!(path.exists(), "full data not found at {}", path.display());
         let t0 = std::time::Instant::now();
         let ds = load_csv(&path, &LoadOptions::default()).unwrap();
@@ -840,5 +1105,129 @@ mod tests {
             (s.train.len(), s.validation.len(), s.test.len()),
             (19919, 1107, 1107)
         );
+    }
+
+    /// The first `rows` rows (and the header) of the 1,000-face sample file.
+    fn sample_rows(rows: usize) -> Vec<u8> {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/emotion-sample.csv");
+        let text = std::fs::read_to_string(path).unwrap();
+        let mut out: String = text.lines().take(rows + 1).collect::<Vec<_>>().join("\n");
+        out.push('\n');
+        out.into_bytes()
+    }
+
+    fn gzip(bytes: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(bytes).unwrap();
+        gz.finish().unwrap()
+    }
+
+    /// A tar archive of (member name, content), as `tar cf` would write it.
+    fn tarball(members: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (name, content) in members {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(content.len() as u64);
+            h.set_mode(0o644);
+            h.set_cksum();
+            b.append_data(&mut h, name, *content).unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+
+    fn tmp_file(bytes: &[u8], name: &str) -> PathBuf {
+        let k = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let p = std::env::temp_dir().join(format!("wgfer-data-{}-{k}-{name}", std::process::id()));
+        std::fs::write(&p, bytes).unwrap();
+        p
+    }
+
+    #[test]
+    fn gzip_and_tar_archives_read_like_the_csv() {
+        let csv = sample_rows(30);
+        let readme = b"FER-2013, see the paper".as_slice();
+        let containers = [
+            ("plain", csv.clone()),
+            ("gzip", gzip(&csv)),
+            (
+                "tar.gz",
+                gzip(&tarball(&[
+                    ("fer2013/README", readme),
+                    ("fer2013/._fer2013.csv", b"\0\x05\x16\x07".as_slice()),
+                    ("fer2013/fer2013.csv", &csv),
+                ])),
+            ),
+            ("tar", tarball(&[("fer2013.csv", &csv)])),
+        ];
+        let mut seen = vec![];
+        for (kind, bytes) in containers {
+            // Names that lie about the content: detection must not look at them.
+            let p = tmp_file(&bytes, "data.txt");
+            let (ds, fp) = load_csv_fingerprinted(&p, &LoadOptions::default())
+                .unwrap_or_else(|e| panic!("{kind}: {e:#}"));
+            std::fs::remove_file(&p).ok();
+            assert_eq!(ds.len(), 30, "{kind}");
+            assert_eq!(fp.bytes, csv.len() as u64, "{kind}");
+            seen.push((ds.labels, ds.pixels, fp));
+        }
+        assert!(seen.windows(2).all(|w| w[0] == w[1]));
+        // The fingerprint is that of the CSV, and changes with it.
+        let fp = &seen[0].2;
+        assert_eq!(fp.sha256.len(), 64);
+        let other = tmp_file(&sample_rows(29), "other.csv");
+        let (_, fp2) = load_csv_fingerprinted(&other, &LoadOptions::default()).unwrap();
+        std::fs::remove_file(&other).ok();
+        assert_ne!(fp.sha256, fp2.sha256);
+        // A limit loads fewer rows but still fingerprints the whole file.
+        let p = tmp_file(&gzip(&csv), "limited.csv.gz");
+        let (ds, fp3) = load_csv_fingerprinted(
+            &p,
+            &LoadOptions {
+                limit: Some(3),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        std::fs::remove_file(&p).ok();
+        assert_eq!((ds.len(), &fp3), (3, fp));
+    }
+
+    #[test]
+    fn errors_inside_archives_name_the_line() {
+        let mut csv = String::from_utf8(sample_rows(5)).unwrap();
+        csv.push_str("9,1 2 3\n");
+        let p = tmp_file(&gzip(csv.as_bytes()), "bad.csv.gz");
+        let e = format!("{:#}", load_csv(&p, &LoadOptions::default()).unwrap_err());
+        assert!(
+            e.starts_with(&format!("{}:7: expected 2304 pixel values", p.display())),
+            "{e}"
+        );
+        std::fs::remove_file(&p).ok();
+        let p = tmp_file(
+            &gzip(&tarball(&[("fer2013/fer2013.csv", csv.as_bytes())])),
+            "bad.tar.gz",
+        );
+        let e = format!("{:#}", load_csv(&p, &LoadOptions::default()).unwrap_err());
+        assert!(
+            e.starts_with(&format!("{}!fer2013/fer2013.csv:7: ", p.display())),
+            "{e}"
+        );
+        std::fs::remove_file(&p).ok();
+        // An archive without a CSV names what it holds.
+        let p = tmp_file(&gzip(&tarball(&[("notes.txt", b"hi")])), "nocsv.tar.gz");
+        let e = format!("{:#}", load_csv(&p, &LoadOptions::default()).unwrap_err());
+        assert!(
+            e.contains("no .csv file in it (it holds: notes.txt)"),
+            "{e}"
+        );
+        std::fs::remove_file(&p).ok();
+        // A damaged gzip stream is an error, not a panic or a short read.
+        let mut broken = gzip(&sample_rows(20));
+        broken.truncate(broken.len() / 2);
+        let p = tmp_file(&broken, "cut.csv.gz");
+        let e = format!("{:#}", load_csv(&p, &LoadOptions::default()).unwrap_err());
+        assert!(e.contains(&p.display().to_string()), "{e}");
+        std::fs::remove_file(&p).ok();
     }
 }

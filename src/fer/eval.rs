@@ -2,7 +2,7 @@
 //! confusion matrix of a model on a labelled set, as a table or JSON.
 
 use anyhow::Result;
-use serde_json::json;
+use serde::Serialize;
 
 use crate::fer::data::Dataset;
 use crate::fer::model::Model;
@@ -103,22 +103,52 @@ pub fn evaluate(
     Ok(score(&probs, &ds.labels, class_names))
 }
 
+/// What `wgfer eval --json` prints and `test_metrics.json` holds.
+#[derive(Serialize)]
+pub struct EvaluationJson<'a> {
+    pub n: usize,
+    /// Non-finite values (no samples) are written as `null`.
+    pub loss: f64,
+    pub accuracy: f64,
+    pub classes: &'a [String],
+    /// Rows = true class, columns = predicted.
+    pub confusion: &'a [Vec<u64>],
+    pub per_class: Vec<ClassJson<'a>>,
+}
+
+/// One class's row of [`EvaluationJson::per_class`].
+#[derive(Serialize)]
+pub struct ClassJson<'a> {
+    pub class: &'a str,
+    pub precision: f64,
+    pub recall: f64,
+    pub f1: f64,
+    pub support: u64,
+}
+
 impl Evaluation {
-    pub fn to_json(&self) -> serde_json::Value {
-        json!({
-            "n": self.n,
-            "loss": self.loss,
-            "accuracy": self.accuracy,
-            "classes": self.class_names,
-            "confusion": self.confusion,
-            "per_class": self.class_names.iter().zip(&self.per_class).map(|(name, s)| json!({
-                "class": name,
-                "precision": s.precision,
-                "recall": s.recall,
-                "f1": s.f1,
-                "support": s.support,
-            })).collect::<Vec<_>>(),
-        })
+    /// The metrics in their JSON shape (serialize with `serde_json`).
+    pub fn to_json(&self) -> EvaluationJson<'_> {
+        let per_class = self
+            .class_names
+            .iter()
+            .zip(&self.per_class)
+            .map(|(name, s)| ClassJson {
+                class: name,
+                precision: s.precision,
+                recall: s.recall,
+                f1: s.f1,
+                support: s.support,
+            })
+            .collect();
+        EvaluationJson {
+            n: self.n,
+            loss: self.loss,
+            accuracy: self.accuracy,
+            classes: &self.class_names,
+            confusion: &self.confusion,
+            per_class,
+        }
     }
 
     /// A human-readable report: totals, per-class table, confusion matrix.
@@ -162,4 +192,44 @@ impl Evaluation {
 
 fn truncate(s: &str, n: usize) -> String {
     s.chars().take(n).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names() -> Vec<String> {
+        vec!["a".to_string(), "b".to_string()]
+    }
+
+    #[test]
+    fn json_has_the_documented_keys_and_values() {
+        // Two faces of class a (one right), one of class b (right).
+        let probs = [0.9, 0.1, 0.2, 0.8, 0.3, 0.7];
+        let e = score(&probs, &[0, 0, 1], &names());
+        let j = serde_json::to_value(e.to_json()).unwrap();
+        let keys: Vec<&str> = j.as_object().unwrap().keys().map(String::as_str).collect();
+        let mut want = ["n", "loss", "accuracy", "classes", "confusion", "per_class"];
+        want.sort();
+        assert_eq!(keys, want);
+        assert_eq!(j["n"], 3);
+        assert!((j["accuracy"].as_f64().unwrap() - 2.0 / 3.0).abs() < 1e-12);
+        assert_eq!(j["classes"], serde_json::json!(["a", "b"]));
+        assert_eq!(j["confusion"], serde_json::json!([[1, 1], [0, 1]]));
+        let b = &j["per_class"][1];
+        assert_eq!(b["class"], "b");
+        assert_eq!(b["support"], 1);
+        assert!((b["precision"].as_f64().unwrap() - 0.5).abs() < 1e-12);
+        assert_eq!(b["recall"], 1.0);
+        let keys: Vec<&str> = b.as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(keys, ["class", "f1", "precision", "recall", "support"]);
+    }
+
+    #[test]
+    fn json_writes_null_for_an_empty_set() {
+        let e = score(&[], &[], &names());
+        let text = serde_json::to_string(&e.to_json()).unwrap();
+        assert!(text.contains("\"loss\":null"), "{text}");
+        assert!(text.contains("\"accuracy\":null"), "{text}");
+    }
 }

@@ -643,6 +643,33 @@ pub fn initial_values(arch: &Architecture, seed: u64) -> (Vec<f32>, Vec<f32>) {
 /// The metadata key holding the class names (a JSON list).
 pub const META_CLASSES: &str = "classes";
 
+/// The metadata every weights file wgfer writes carries.
+pub fn metadata(class_names: &[String]) -> Result<std::collections::BTreeMap<String, String>> {
+    let mut meta = std::collections::BTreeMap::new();
+    meta.insert("format".to_string(), "wgfer-1".to_string());
+    meta.insert(
+        "architecture".to_string(),
+        "Resnet18 (Keras Emotion AI tutorial)".to_string(),
+    );
+    meta.insert("input_shape".to_string(), format!("[{SIDE}, {SIDE}, 1]"));
+    meta.insert(
+        META_CLASSES.to_string(),
+        serde_json::to_string(class_names)?,
+    );
+    Ok(meta)
+}
+
+/// Class names from metadata: a JSON list, or the comma-separated string a
+/// quick Python export writes (`anger,disgust,sad,happiness,surprise`).
+pub fn parse_classes(s: &str) -> Result<Vec<String>> {
+    if s.trim_start().starts_with('[') {
+        return serde_json::from_str(s)
+            .map_err(|e| anyhow::anyhow!("metadata `classes` is not a JSON list of names: {e}"));
+    }
+    crate::fer::data::parse_class_names(s, s.split(',').count())
+        .map_err(|e| anyhow::anyhow!("metadata `classes`: {e}"))
+}
+
 impl Model {
     /// Every parameter as a named tensor (Keras layouts), read back from the GPU.
     pub fn named_tensors(&self) -> Result<Vec<NamedTensor>> {
@@ -669,17 +696,7 @@ impl Model {
         class_names: &[String],
         extra: &[(&str, String)],
     ) -> Result<()> {
-        let mut meta = std::collections::BTreeMap::new();
-        meta.insert("format".to_string(), "wgfer-1".to_string());
-        meta.insert(
-            "architecture".to_string(),
-            "Resnet18 (Keras Emotion AI tutorial)".to_string(),
-        );
-        meta.insert("input_shape".to_string(), format!("[{SIDE}, {SIDE}, 1]"));
-        meta.insert(
-            META_CLASSES.to_string(),
-            serde_json::to_string(class_names)?,
-        );
+        let mut meta = metadata(class_names)?;
         for (k, v) in extra {
             meta.insert(k.to_string(), v.clone());
         }
@@ -689,15 +706,20 @@ impl Model {
     /// Load a weights file; the class count comes from its metadata (or from
     /// the shape of `Dense_final.bias` for files converted from elsewhere).
     /// Every tensor is checked against the model before the GPU sees any.
+    /// Keras files (recognised by content, whatever their name) are
+    /// converted first; see `fer::keras`.
     pub fn load(gpu: &Gpu, path: &std::path::Path) -> Result<(Model, Vec<String>)> {
         let origin = path.display().to_string();
         let bytes = std::fs::read(path)
             .map_err(|e| anyhow::anyhow!("{origin}: cannot read the weights file: {e}"))?;
+        let bytes = if crate::fer::keras::is_keras(&bytes) {
+            crate::fer::keras::convert(&bytes, &origin, None)?.bytes
+        } else {
+            bytes
+        };
         let (meta, shapes) = checkpoint::peek(&bytes, &origin)?;
         let names: Option<Vec<String>> = match meta.get(META_CLASSES) {
-            Some(s) => Some(serde_json::from_str(s).map_err(|e| {
-                anyhow::anyhow!("{origin}: metadata `classes` is not a JSON list of names: {e}")
-            })?),
+            Some(s) => Some(parse_classes(s).map_err(|e| anyhow::anyhow!("{origin}: {e}"))?),
             None => None,
         };
         let num_classes = match &names {

@@ -19,10 +19,12 @@ use serde::{Deserialize, Serialize};
 use crate::engine::Gpu;
 use crate::engine::ops::adam::AdamConfig;
 use crate::fer::augment::{AugmentConfig, Augmenter, to_f32};
-use crate::fer::checkpoint::{self, NamedTensor, write_atomic};
+use crate::fer::checkpoint::{self, NamedTensor};
 use crate::fer::data::{self, Dataset, LoadOptions, PIXELS};
 use crate::fer::eval::{self, Evaluation};
-use crate::fer::model::{Architecture, Model};
+use crate::fer::files::write_atomic;
+use crate::fer::model::{Architecture, Model, group};
+use crate::fer::provenance::TrainedOn;
 use crate::fer::report;
 use crate::fer::trainer::Trainer;
 
@@ -185,90 +187,172 @@ const BEST: &str = "best.safetensors";
 const LAST: &str = "last.safetensors";
 
 pub fn run(req: TrainRequest) -> Result<Outcome> {
-    let out = req.out.clone();
-    let mut config = prepare_dir(&req)?;
+    let (config, created) = prepare_dir(&req)?;
+    let result = train_in(&req, config);
+    if result.is_err() {
+        remove_unfinished_dir(&req.out, created.as_deref());
+    }
+    result
+}
+
+/// The whole run in a prepared directory: data, GPU, trainer, epochs, the test split.
+fn train_in(req: &TrainRequest, mut config: RunConfig) -> Result<Outcome> {
     if let Some(e) = req.epochs_override {
         config.epochs = e;
     }
-    let say = |s: String| {
-        if !req.quiet {
-            eprintln!("{s}");
-        }
-    };
-
-    // Data: load, split, class names.
-    let t0 = Instant::now();
-    let ds = data::load_csv(&config.data, &config.load_options())?;
-    let splits = data::split(&ds, config.seed)?;
-    let classes = ds.num_classes;
-    if config.class_names.is_empty() {
-        config.class_names = data::default_class_names(classes);
-    }
-    ensure!(
-        config.class_names.len() == classes,
-        "{} class names for {classes} classes",
-        config.class_names.len()
-    );
-    let (train, val, test) = (
-        ds.subset(&splits.train),
-        ds.subset(&splits.validation),
-        ds.subset(&splits.test),
-    );
-    say(format!(
-        "data: {} faces from {} in {:.1}s{}; train {}, validation {}, test {}",
-        ds.len(),
-        config.data.display(),
-        t0.elapsed().as_secs_f64(),
-        if ds.skipped_rows > 0 {
-            format!(" ({} bad rows skipped)", ds.skipped_rows)
-        } else {
-            String::new()
-        },
-        train.len(),
-        val.len(),
-        test.len()
-    ));
+    let log = Log { quiet: req.quiet };
+    let data = load_data(&mut config, &log)?;
     let gpu = Gpu::new(req.adapter.as_deref())?;
-    say(gpu
-        .software_notice()
-        .unwrap_or_else(|| format!("adapter: {}", gpu.adapter())));
-    let arch = Architecture::resnet(classes);
+    log.say(
+        gpu.software_notice()
+            .unwrap_or_else(|| format!("adapter: {}", gpu.adapter())),
+    );
+    let arch = Architecture::resnet(config.class_names.len());
     check_limits(&gpu, &arch, config.batch_size)?;
     ensure!(
-        train.len() >= config.batch_size,
+        data.train.len() >= config.batch_size,
         "the training split has {} faces, fewer than one batch of {}; lower --batch-size",
-        train.len(),
+        data.train.len(),
         config.batch_size
     );
     write_atomic(
-        &out.join(CONFIG),
+        &req.out.join(CONFIG),
         serde_json::to_string_pretty(&config)?.as_bytes(),
     )?;
+    let (mut trainer, mut state) = open_trainer(req, &gpu, &config, arch, &data, &log)?;
+    plot_samples(&req.out, &data.train, &config.class_names)?;
+    let run = Session {
+        req,
+        config: &config,
+        data: &data,
+        log,
+    };
+    match run.epochs(&mut trainer, &mut state)? {
+        Ended::Interrupted => Ok(Outcome::Interrupted),
+        Ended::Trained => run.test_best(&gpu, &state),
+    }
+}
 
+/// Progress and results on stderr, unless `--quiet`.
+#[derive(Clone, Copy)]
+struct Log {
+    quiet: bool,
+}
+
+impl Log {
+    fn say(&self, s: impl std::fmt::Display) {
+        if !self.quiet {
+            eprintln!("{s}");
+        }
+    }
+}
+
+/// The run's data, split, and the record of it saved in every weights file.
+struct RunData {
+    train: Dataset,
+    val: Dataset,
+    test: Dataset,
+    trained_on: TrainedOn,
+}
+
+/// Load and split the data, settle the class names, and say what was understood.
+fn load_data(config: &mut RunConfig, log: &Log) -> Result<RunData> {
+    let t0 = Instant::now();
+    let (ds, fingerprint) = data::load_csv_fingerprinted(&config.data, &config.load_options())?;
+    let splits = data::split(&ds, config.seed)?;
+    if config.class_names.is_empty() {
+        config.class_names = data::default_class_names(ds.num_classes);
+    }
+    if config.classes.is_none() {
+        // The names came from the data when the run started; on resume the file may
+        // have changed since.
+        data::check_classes(&config.class_names, &ds)?;
+    }
+    ensure!(
+        config.class_names.len() == ds.num_classes,
+        "{} class names for {} classes",
+        config.class_names.len(),
+        ds.num_classes
+    );
+    let how = match &ds.usage {
+        Some(u) if !u.contains(&data::Usage::PrivateTest) => format!(
+            "split from the Usage column (no PrivateTest rows: PublicTest halved, seed {})",
+            config.seed
+        ),
+        Some(_) => "split from the Usage column".to_string(),
+        None => format!("seeded 90/5/5 split (seed {})", config.seed),
+    };
+    log.say(format!(
+        "data: {} faces from {} in {:.1}s{}\n  {} classes ({}), {how}: train {} / validation {} / test {}",
+        group(ds.len()),
+        config.data.display(),
+        t0.elapsed().as_secs_f64(),
+        if ds.skipped_rows > 0 {
+            format!(" ({} bad rows skipped)", group(ds.skipped_rows))
+        } else {
+            String::new()
+        },
+        ds.num_classes,
+        config.class_names.join(", "),
+        group(splits.train.len()),
+        group(splits.validation.len()),
+        group(splits.test.len()),
+    ));
+    Ok(RunData {
+        trained_on: TrainedOn::new(config, &fingerprint, &ds)?,
+        train: ds.subset(&splits.train),
+        val: ds.subset(&splits.validation),
+        test: ds.subset(&splits.test),
+    })
+}
+
+/// A fresh trainer, or the one saved in `resume.safetensors` when resuming.
+fn open_trainer(
+    req: &TrainRequest,
+    gpu: &Gpu,
+    config: &RunConfig,
+    arch: Architecture,
+    data: &RunData,
+    log: &Log,
+) -> Result<(Trainer, LoopState)> {
     let adam = AdamConfig {
         lr: config.lr,
         ..AdamConfig::default()
     };
-
-    let (mut trainer, mut state) = if req.resume && out.join(RESUME).exists() {
-        let (model, state, m, v) = load_resume(&gpu, &out.join(RESUME), arch)?;
-        say(format!(
-            "resuming at epoch {} step {}",
-            state.epoch + 1,
-            state.step
-        ));
-        let mut trainer = Trainer::new(model, config.batch_size, adam)?;
-        trainer.adam.load_state(&gpu, state.adam_t, &m, &v)?;
-        (trainer, state)
-    } else {
-        let model = Model::new(&gpu, arch, config.seed)?;
-        (
+    let resume = req.out.join(RESUME);
+    if !(req.resume && resume.exists()) {
+        let model = Model::new(gpu, arch, config.seed)?;
+        return Ok((
             Trainer::new(model, config.batch_size, adam)?,
             LoopState::default(),
-        )
-    };
+        ));
+    }
+    let (model, state, m, v, trained_on) = load_resume(gpu, &resume, arch)?;
+    if let Some(then) = trained_on.filter(|t| t.data != data.trained_on.data) {
+        bail!(
+            "{} has changed since the run in {} started ({} bytes then, {} now; SHA-256 {} then, \
+             {} now): its split and its faces would not be the run's. Start a new run with --force",
+            config.data.display(),
+            req.out.display(),
+            then.data.bytes,
+            data.trained_on.data.bytes,
+            then.data.sha256,
+            data.trained_on.data.sha256
+        );
+    }
+    log.say(format!(
+        "resuming at epoch {} step {}",
+        state.epoch + 1,
+        state.step
+    ));
+    let mut trainer = Trainer::new(model, config.batch_size, adam)?;
+    trainer.adam.load_state(gpu, state.adam_t, &m, &v)?;
+    Ok((trainer, state))
+}
 
-    let samples: Vec<&[u8]> = (0..classes)
+/// `samples.png`: the first training face of each class.
+fn plot_samples(out: &Path, train: &Dataset, class_names: &[String]) -> Result<()> {
+    let samples: Vec<&[u8]> = (0..class_names.len())
         .map(|c| {
             train
                 .labels
@@ -278,60 +362,95 @@ pub fn run(req: TrainRequest) -> Result<Outcome> {
         })
         .map(|o| o.unwrap_or(&[0u8; PIXELS][..]))
         .collect();
-    report::plot_class_samples(&out.join("samples.png"), &samples, &config.class_names)?;
+    report::plot_class_samples(&out.join("samples.png"), &samples, class_names)
+}
 
-    let aug_config = AugmentConfig {
-        horizontal_flip: config.flip,
-        ..AugmentConfig::default()
-    };
-    let batch = config.batch_size;
-    let steps = (train.len() / batch)
-        .min(config.steps_per_epoch.unwrap_or(usize::MAX))
-        .max(1);
-    let mut pixels = vec![0u8; batch * PIXELS];
-    let mut images = vec![0f32; batch * PIXELS];
-    let mut labels = vec![0u8; batch];
+/// Everything the epoch loop reads.
+struct Session<'a> {
+    req: &'a TrainRequest,
+    config: &'a RunConfig,
+    data: &'a RunData,
+    log: Log,
+}
 
-    let mut steps_run = 0;
-    while state.epoch < config.epochs && !state.stopped_early {
-        let epoch = state.epoch;
+/// How an epoch's training, or the whole loop, ended.
+enum Ended {
+    Trained,
+    Interrupted,
+}
+
+impl Session<'_> {
+    fn out(&self) -> &Path {
+        &self.req.out
+    }
+
+    /// Full batches per epoch (at most `--steps-per-epoch`).
+    fn steps(&self) -> usize {
+        (self.data.train.len() / self.config.batch_size)
+            .min(self.config.steps_per_epoch.unwrap_or(usize::MAX))
+            .max(1)
+    }
+
+    /// Train epoch after epoch until the last one, early stopping, or an interrupt.
+    fn epochs(&self, trainer: &mut Trainer, state: &mut LoopState) -> Result<Ended> {
+        let mut clock = RunClock::new(self.steps(), self.config.epochs);
+        while state.epoch < self.config.epochs && !state.stopped_early {
+            let started = Instant::now();
+            let seconds_before = state.seconds;
+            if let Ended::Interrupted = self.train_epoch(trainer, state, &mut clock)? {
+                state.seconds = seconds_before + started.elapsed().as_secs_f64();
+                let epoch = state.epoch;
+                save_progress(self.out(), trainer, state, self.config, self.data, epoch)?;
+                self.log.say(format!(
+                    "interrupted: saved {} and the history; continue with `wgfer train --resume {}`",
+                    self.out().join(LAST).display(),
+                    self.out().display()
+                ));
+                return Ok(Ended::Interrupted);
+            }
+            let train_seconds = seconds_before + started.elapsed().as_secs_f64();
+            self.end_epoch(
+                trainer,
+                state,
+                train_seconds,
+                seconds_before,
+                started,
+                &clock,
+            )?;
+            // Validation is part of the run's time: the ETA counts it too.
+            clock.mark_epoch_end();
+        }
+        Ok(Ended::Trained)
+    }
+
+    /// The remaining steps of the epoch `state.epoch`, from `state.step` on.
+    fn train_epoch(
+        &self,
+        trainer: &mut Trainer,
+        state: &mut LoopState,
+        clock: &mut RunClock,
+    ) -> Result<Ended> {
+        let (config, train) = (self.config, &self.data.train);
+        let (epoch, steps) = (state.epoch, self.steps());
         trainer.adam.config.lr = state.lr.unwrap_or(config.lr);
         let order = data::epoch_order(train.len(), config.seed, epoch);
-        let mut augmenter = Augmenter::new(aug_config.clone(), config.seed, epoch);
-        // A resumed epoch skips the transforms its finished steps consumed.
-        for _ in 0..state.step * batch {
-            augmenter.draw();
-        }
-        let bar = progress_bar(req.quiet, steps, epoch, config.epochs);
+        let mut batch = Batch::new(config, epoch, state.step);
+        let bar = progress_bar(self.req.quiet, steps, epoch, config.epochs);
         bar.set_position(state.step as u64);
-        let started = Instant::now();
-        let seconds_before = state.seconds;
-        let first_step = state.step;
+        let (started, first_step) = (Instant::now(), state.step);
         while state.step < steps {
-            let stop_now = req.interrupt_after.is_some_and(|n| steps_run >= n);
+            let stop_now = self
+                .req
+                .interrupt_after
+                .is_some_and(|n| clock.steps_done >= n);
             if INTERRUPTED.load(Ordering::Relaxed) || stop_now {
                 bar.abandon();
-                state.seconds = seconds_before + started.elapsed().as_secs_f64();
-                save_progress(&out, &trainer, &mut state, &config, epoch)?;
-                say(format!(
-                    "interrupted: saved {} and the history; continue with `wgfer train --resume {}`",
-                    out.join(LAST).display(),
-                    out.display()
-                ));
-                return Ok(Outcome::Interrupted);
+                return Ok(Ended::Interrupted);
             }
-            let idx = &order[state.step * batch..(state.step + 1) * batch];
-            for (j, &i) in idx.iter().enumerate() {
-                pixels[j * PIXELS..(j + 1) * PIXELS].copy_from_slice(train.image(i));
-                labels[j] = train.labels[i];
-            }
-            if config.augment {
-                augmenter.augment_batch(&pixels, &mut images);
-            } else {
-                to_f32(&pixels, &mut images);
-            }
-            let r = trainer.step(&images, &labels)?;
-            steps_run += 1;
+            let size = config.batch_size;
+            batch.fill(train, &order[state.step * size..(state.step + 1) * size]);
+            let r = trainer.step(&batch.images, &batch.labels)?;
+            clock.steps_done += 1;
             if !r.finite {
                 bar.abandon();
                 bail!(
@@ -341,36 +460,56 @@ pub fn run(req: TrainRequest) -> Result<Outcome> {
                     epoch + 1,
                     state.step + 1,
                     r.loss,
-                    out.join(LAST).display()
+                    self.out().join(LAST).display()
                 );
             }
             state.step += 1;
-            state.loss_sum += r.loss as f64 * batch as f64;
+            state.loss_sum += r.loss as f64 * size as f64;
             state.correct += r.correct as u64;
-            state.seen += batch as u64;
-            bar.set_message(format!(
-                "loss {:.4} acc {:.4} {:.0} img/s",
-                state.loss_sum / state.seen as f64,
-                state.correct as f64 / state.seen as f64,
-                ((state.step - first_step) * batch) as f64
-                    / started.elapsed().as_secs_f64().max(1e-9)
-            ));
-            bar.inc(1);
-            if !req.quiet && bar.is_hidden() && state.step % 50 == 0 {
-                eprintln!(
-                    "  epoch {} step {}/{steps}: loss {:.4} acc {:.4}",
-                    epoch + 1,
-                    state.step,
-                    state.loss_sum / state.seen as f64,
-                    state.correct as f64 / state.seen as f64
-                );
-            }
+            state.seen += size as u64;
+            let rate = ((state.step - first_step) * size) as f64
+                / started.elapsed().as_secs_f64().max(1e-9);
+            self.show_progress(&bar, state, rate, &clock.eta(state.epoch, state.step));
         }
         bar.finish_and_clear();
-        let train_seconds = seconds_before + started.elapsed().as_secs_f64();
-        let v = eval::evaluate(&trainer.model, &val, &config.class_names, false)?;
+        Ok(Ended::Trained)
+    }
+
+    /// The bar's message after a step, or every 50 steps a line when the bar is hidden
+    /// (stderr is not a terminal).
+    fn show_progress(&self, bar: &ProgressBar, state: &LoopState, rate: f64, eta: &str) {
+        let loss = state.loss_sum / state.seen as f64;
+        let acc = state.correct as f64 / state.seen as f64;
+        bar.set_message(format!(
+            "loss {loss:.4} acc {acc:.4} {rate:.0} img/s  run ETA {eta}"
+        ));
+        bar.inc(1);
+        if !self.req.quiet && bar.is_hidden() && state.step.is_multiple_of(50) {
+            eprintln!(
+                "  epoch {} step {}/{}: loss {loss:.4} acc {acc:.4}  run ETA {eta}",
+                state.epoch + 1,
+                state.step,
+                self.steps()
+            );
+        }
+    }
+
+    /// Validate, report, keep the best weights, book the epoch and save the progress.
+    /// The epoch's time (`seconds_before` from earlier sessions, plus this one's since
+    /// `started`) includes validation; its images/s (over `train_seconds`) does not.
+    fn end_epoch(
+        &self,
+        trainer: &Trainer,
+        state: &mut LoopState,
+        train_seconds: f64,
+        seconds_before: f64,
+        started: Instant,
+        clock: &RunClock,
+    ) -> Result<()> {
+        let config = self.config;
+        let v = eval::evaluate(&trainer.model, &self.data.val, &config.class_names, false)?;
         let record = EpochRecord {
-            epoch: epoch + 1,
+            epoch: state.epoch + 1,
             train_loss: state.loss_sum / state.seen as f64,
             train_acc: state.correct as f64 / state.seen as f64,
             val_loss: v.loss,
@@ -380,8 +519,13 @@ pub fn run(req: TrainRequest) -> Result<Outcome> {
             lr: trainer.adam.config.lr,
         };
         let improved = state.best_val_loss.is_none_or(|b| v.loss < b);
-        say(format!(
-            "epoch {:>3}/{}  {:6.1}s  {:5.0} img/s  loss {:.4}  acc {:.4}  val_loss {:.4}  val_acc {:.4}{}",
+        let left = if record.epoch < config.epochs {
+            format!("  run ETA {}", clock.eta(state.epoch + 1, 0))
+        } else {
+            String::new()
+        };
+        self.log.say(format!(
+            "epoch {:>3}/{}  {:6.1}s  {:5.0} img/s  loss {:.4}  acc {:.4}  val_loss {:.4}  val_acc {:.4}{}{left}",
             record.epoch,
             config.epochs,
             record.seconds,
@@ -393,39 +537,144 @@ pub fn run(req: TrainRequest) -> Result<Outcome> {
             if improved { "  *best" } else { "" }
         ));
         if improved {
-            let tag = [("epoch", record.epoch.to_string())];
+            let tags = [
+                ("epoch", record.epoch.to_string()),
+                self.data.trained_on.entry()?,
+            ];
             trainer
                 .model
-                .save(&out.join(BEST), &config.class_names, &tag)?;
+                .save(&self.out().join(BEST), &config.class_names, &tags)?;
         }
-        for message in state.end_epoch(record, &config) {
-            say(message);
+        for message in state.end_epoch(record, config) {
+            self.log.say(message);
         }
         let epochs_done = state.epoch;
-        save_progress(&out, &trainer, &mut state, &config, epochs_done)?;
+        save_progress(self.out(), trainer, state, config, self.data, epochs_done)
     }
 
-    // The best weights on the test split.
-    let (best, _) = Model::load(&gpu, &out.join(BEST))?;
-    let result = eval::evaluate(&best, &test, &config.class_names, false)?;
-    say(format!(
-        "best epoch {} (val_loss {:.4}); test split:\n{}",
-        state.best_epoch.unwrap_or(0),
-        state.best_val_loss.unwrap_or(f64::NAN),
-        result.table()
-    ));
-    write_atomic(
-        &out.join("test_metrics.json"),
-        serde_json::to_string_pretty(&result.to_json())?.as_bytes(),
-    )?;
-    write_pictures(&out, &test, &result)?;
-    Ok(Outcome::Finished {
-        test_accuracy: result.accuracy,
-    })
+    /// The best weights on the test split: the table, test_metrics.json and the pictures.
+    fn test_best(&self, gpu: &Gpu, state: &LoopState) -> Result<Outcome> {
+        let (out, test) = (self.out(), &self.data.test);
+        let (best, _) = Model::load(gpu, &out.join(BEST))?;
+        let result = eval::evaluate(&best, test, &self.config.class_names, false)?;
+        self.log.say(format!(
+            "best epoch {} (val_loss {:.4}); test split:\n{}",
+            state.best_epoch.unwrap_or(0),
+            state.best_val_loss.unwrap_or(f64::NAN),
+            result.table()
+        ));
+        write_atomic(
+            &out.join("test_metrics.json"),
+            serde_json::to_string_pretty(&result.to_json())?.as_bytes(),
+        )?;
+        write_pictures(out, test, &result)?;
+        Ok(Outcome::Finished {
+            test_accuracy: result.accuracy,
+        })
+    }
 }
 
-/// Check the output directory and return the run's config.
-fn prepare_dir(req: &TrainRequest) -> Result<RunConfig> {
+/// One training batch's buffers, refilled every step, and the epoch's augmentation.
+struct Batch {
+    pixels: Vec<u8>,
+    images: Vec<f32>,
+    labels: Vec<u8>,
+    /// None with `--no-augment`.
+    augmenter: Option<Augmenter>,
+}
+
+impl Batch {
+    /// Buffers for `config.batch_size` faces; the augmentation stream of `epoch`, past the
+    /// transforms its first `step` steps used (a resumed epoch draws what it would have).
+    fn new(config: &RunConfig, epoch: usize, step: usize) -> Batch {
+        let size = config.batch_size;
+        let aug_config = AugmentConfig {
+            horizontal_flip: config.flip,
+            ..AugmentConfig::default()
+        };
+        let mut augmenter = Augmenter::new(aug_config, config.seed, epoch);
+        for _ in 0..step * size {
+            augmenter.draw();
+        }
+        Batch {
+            pixels: vec![0u8; size * PIXELS],
+            images: vec![0f32; size * PIXELS],
+            labels: vec![0u8; size],
+            augmenter: config.augment.then_some(augmenter),
+        }
+    }
+
+    /// The faces `idx` of `train`, augmented unless `--no-augment`.
+    fn fill(&mut self, train: &Dataset, idx: &[usize]) {
+        for (j, &i) in idx.iter().enumerate() {
+            self.pixels[j * PIXELS..(j + 1) * PIXELS].copy_from_slice(train.image(i));
+            self.labels[j] = train.labels[i];
+        }
+        match &mut self.augmenter {
+            Some(a) => a.augment_batch(&self.pixels, &mut self.images),
+            None => to_f32(&self.pixels, &mut self.images),
+        }
+    }
+}
+
+/// The whole run's ETA, from the steps this process has run and the wall time they took
+/// (validation included once an epoch has ended).
+struct RunClock {
+    started: Instant,
+    steps_done: usize,
+    /// Wall time up to the last epoch's end, and the steps it covered.
+    at_epoch_end: Option<(f64, usize)>,
+    steps_per_epoch: usize,
+    epochs: usize,
+}
+
+impl RunClock {
+    fn new(steps_per_epoch: usize, epochs: usize) -> RunClock {
+        RunClock {
+            started: Instant::now(),
+            steps_done: 0,
+            at_epoch_end: None,
+            steps_per_epoch,
+            epochs,
+        }
+    }
+
+    fn mark_epoch_end(&mut self) {
+        self.at_epoch_end = Some((self.started.elapsed().as_secs_f64(), self.steps_done));
+    }
+
+    /// Time left when the run stands at `step` of the 0-based `epoch` (early stopping
+    /// may end it sooner).
+    fn eta(&self, epoch: usize, step: usize) -> String {
+        let (seconds, steps) = self
+            .at_epoch_end
+            .unwrap_or((self.started.elapsed().as_secs_f64(), self.steps_done));
+        let left = (self.epochs.saturating_sub(epoch) * self.steps_per_epoch).saturating_sub(step);
+        match run_eta(seconds, steps, left) {
+            Some(s) => duration(s),
+            None => "?".into(),
+        }
+    }
+}
+
+/// Seconds left for `left` steps at the pace of `steps` steps in `seconds`.
+fn run_eta(seconds: f64, steps: usize, left: usize) -> Option<f64> {
+    (steps > 0).then(|| seconds / steps as f64 * left as f64)
+}
+
+/// `1h 05m`, `41m 20s`, `35s`.
+fn duration(seconds: f64) -> String {
+    let s = seconds.round() as u64;
+    match (s / 3600, s / 60 % 60, s % 60) {
+        (0, 0, sec) => format!("{sec}s"),
+        (0, min, sec) => format!("{min}m {sec:02}s"),
+        (h, min, _) => format!("{h}h {min:02}m"),
+    }
+}
+
+/// Check the output directory and return the run's config, and the topmost directory this
+/// call created for it (None when `--out` existed): what a failed run may remove.
+fn prepare_dir(req: &TrainRequest) -> Result<(RunConfig, Option<PathBuf>)> {
     let out = &req.out;
     let has_run = [CONFIG, RESUME, BEST, LAST]
         .iter()
@@ -444,7 +693,7 @@ fn prepare_dir(req: &TrainRequest) -> Result<RunConfig> {
                 out.display(),
                 saved.data.display()
             ),
-            _ => saved,
+            _ => (saved, None),
         });
     }
     let config = req
@@ -464,24 +713,62 @@ fn prepare_dir(req: &TrainRequest) -> Result<RunConfig> {
             out.display()
         );
     }
+    ensure!(
+        config.data.exists(),
+        "{}: no such file",
+        config.data.display()
+    );
+    let created = make_out_dir(out, req.force)?;
+    Ok((config, created))
+}
+
+/// Create `out` (and its parents) for a fresh run and check that it can be written; with
+/// `--force`, clear the old run's weights. Returns the topmost directory created.
+fn make_out_dir(out: &Path, force: bool) -> Result<Option<PathBuf>> {
+    // (A relative path's last ancestor is "", which never "exists".)
+    let created = out
+        .ancestors()
+        .take_while(|d| !d.as_os_str().is_empty() && !d.exists())
+        .last()
+        .map(Path::to_path_buf);
     std::fs::create_dir_all(out)
         .with_context(|| format!("cannot create the output directory {}", out.display()))?;
-    if req.force {
+    if force {
         for f in [RESUME, BEST, LAST, "history.csv", "test_metrics.json"] {
             let _ = std::fs::remove_file(out.join(f));
         }
     }
     // Fail now, not after an epoch, if the directory cannot be written.
     let probe = out.join(".wgfer-write-test");
-    write_atomic(&probe, b"ok")
-        .with_context(|| format!("the output directory {} is not writable", out.display()))?;
+    let writable = write_atomic(&probe, b"ok");
     let _ = std::fs::remove_file(probe);
-    ensure!(
-        config.data.exists(),
-        "{}: no such file",
-        config.data.display()
-    );
-    Ok(config)
+    if let Err(e) = writable {
+        remove_unfinished_dir(out, created.as_deref());
+        return Err(e.context(format!(
+            "the output directory {} is not writable",
+            out.display()
+        )));
+    }
+    Ok(created)
+}
+
+/// After a failed run: when no epoch saved weights, remove what the run wrote before its
+/// first epoch and the directories it created (`created` is the topmost); never a file it
+/// did not write, and nothing when the directory was there before.
+fn remove_unfinished_dir(out: &Path, created: Option<&Path>) {
+    let Some(created) = created else { return };
+    if [RESUME, BEST, LAST].iter().any(|f| out.join(f).exists()) {
+        return;
+    }
+    for f in [CONFIG, "samples.png"] {
+        let _ = std::fs::remove_file(out.join(f));
+    }
+    // remove_dir only removes empty directories, so nothing else is lost.
+    for dir in out.ancestors() {
+        if std::fs::remove_dir(dir).is_err() || dir == created {
+            break;
+        }
+    }
 }
 
 /// Refuse a batch whose largest tensor would not fit one storage binding.
@@ -490,6 +777,9 @@ pub fn check_limits(gpu: &Gpu, arch: &Architecture, batch: usize) -> Result<()> 
         .layers
         .iter()
         .map(|l| l.output_shape.iter().product::<usize>())
+        // The first convolution's im2col matrix, the one large tensor that is
+        // no layer's output: 24×24 positions by 7·7 taps, roughly (its rows
+        // are padded to 52). conv1's own output, 24×24×64, is larger anyway.
         .chain([24 * 24 * 7 * 7 + 64])
         .max()
         .unwrap_or(0);
@@ -511,7 +801,7 @@ fn progress_bar(quiet: bool, steps: usize, epoch: usize, epochs: usize) -> Progr
     }
     let bar = ProgressBar::new(steps as u64);
     bar.set_style(
-        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} ETA {eta}")
+        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} epoch ETA {eta}  {msg}")
             .expect("valid template")
             .progress_chars("=> "),
     );
@@ -526,19 +816,27 @@ fn save_progress(
     trainer: &Trainer,
     state: &mut LoopState,
     config: &RunConfig,
+    data: &RunData,
     epoch: usize,
 ) -> Result<()> {
     state.adam_t = trainer.adam.t;
+    let trained_on = data.trained_on.entry()?;
     trainer.model.save(
         &out.join(LAST),
         &config.class_names,
-        &[("epoch", epoch.to_string())],
+        &[("epoch", epoch.to_string()), trained_on.clone()],
     )?;
-    save_resume(out, trainer, state, config)?;
+    save_resume(out, trainer, state, config, trained_on)?;
     write_history(out, &state.history)
 }
 
-fn save_resume(out: &Path, trainer: &Trainer, state: &LoopState, config: &RunConfig) -> Result<()> {
+fn save_resume(
+    out: &Path,
+    trainer: &Trainer,
+    state: &LoopState,
+    config: &RunConfig,
+    trained_on: (&str, String),
+) -> Result<()> {
     let gpu = trainer.gpu();
     let mut tensors = trainer.model.named_tensors()?;
     let len = trainer.model.arch.trainable_len;
@@ -559,14 +857,15 @@ fn save_resume(out: &Path, trainer: &Trainer, state: &LoopState, config: &RunCon
     let mut meta = BTreeMap::new();
     meta.insert("state".to_string(), serde_json::to_string(state)?);
     meta.insert("config".to_string(), serde_json::to_string(config)?);
+    meta.insert(trained_on.0.to_string(), trained_on.1);
     checkpoint::save(&out.join(RESUME), &tensors, &meta)
 }
 
-fn load_resume(
-    gpu: &Gpu,
-    path: &Path,
-    arch: Architecture,
-) -> Result<(Model, LoopState, Vec<f32>, Vec<f32>)> {
+/// What `resume.safetensors` holds: the model, the loop state, Adam's moments m and v,
+/// and the record of the data (None in files from before wgfer kept it).
+type Resumed = (Model, LoopState, Vec<f32>, Vec<f32>, Option<TrainedOn>);
+
+fn load_resume(gpu: &Gpu, path: &Path, arch: Architecture) -> Result<Resumed> {
     let len = arch.trainable_len;
     let mut expected = arch.expected_tensors();
     expected.push(("optimizer.m".into(), vec![len]));
@@ -583,31 +882,88 @@ fn load_resume(
     let (trainable, moving) = arch.scatter(&w.tensors);
     let n = w.tensors.len();
     let (m, v) = (w.tensors[n - 2].data.clone(), w.tensors[n - 1].data.clone());
+    let trained_on = TrainedOn::from_metadata(&w.metadata, &path.display().to_string())?;
     Ok((
         Model::from_values(gpu, arch, &trainable, &moving)?,
         state,
         m,
         v,
+        trained_on,
     ))
 }
 
-fn write_history(out: &Path, history: &[EpochRecord]) -> Result<()> {
-    let mut csv =
-        String::from("epoch,train_loss,train_acc,val_loss,val_acc,seconds,images_per_s,lr\n");
-    for r in history {
-        csv += &format!(
-            "{},{:.6},{:.6},{:.6},{:.6},{:.2},{:.1},{:e}\n",
-            r.epoch,
-            r.train_loss,
-            r.train_acc,
-            r.val_loss,
-            r.val_acc,
-            r.seconds,
-            r.images_per_s,
-            r.lr
-        );
+/// One row of `history.csv`, rounded as the file has always been.
+#[derive(Serialize)]
+struct HistoryRow {
+    epoch: usize,
+    #[serde(serialize_with = "decimals::<6, _>")]
+    train_loss: f64,
+    #[serde(serialize_with = "decimals::<6, _>")]
+    train_acc: f64,
+    #[serde(serialize_with = "decimals::<6, _>")]
+    val_loss: f64,
+    #[serde(serialize_with = "decimals::<6, _>")]
+    val_acc: f64,
+    #[serde(serialize_with = "decimals::<2, _>")]
+    seconds: f64,
+    #[serde(serialize_with = "decimals::<1, _>")]
+    images_per_s: f64,
+    #[serde(serialize_with = "scientific")]
+    lr: f32,
+}
+
+/// `history.csv`'s header: written even before the first epoch ends (the
+/// `csv` writer only writes a header with a first row). A test checks that it
+/// matches [`HistoryRow`].
+const HISTORY_HEADER: [&str; 8] = [
+    "epoch",
+    "train_loss",
+    "train_acc",
+    "val_loss",
+    "val_acc",
+    "seconds",
+    "images_per_s",
+    "lr",
+];
+
+impl From<&EpochRecord> for HistoryRow {
+    fn from(r: &EpochRecord) -> Self {
+        HistoryRow {
+            epoch: r.epoch,
+            train_loss: r.train_loss,
+            train_acc: r.train_acc,
+            val_loss: r.val_loss,
+            val_acc: r.val_acc,
+            seconds: r.seconds,
+            images_per_s: r.images_per_s,
+            lr: r.lr,
+        }
     }
-    write_atomic(&out.join("history.csv"), csv.as_bytes())?;
+}
+
+fn decimals<const D: usize, S: serde::Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&format_args!("{v:.D$}"))
+}
+
+fn scientific<S: serde::Serializer>(v: &f32, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&format_args!("{v:e}"))
+}
+
+/// The history as CSV, header first.
+fn history_csv(history: &[EpochRecord]) -> Result<Vec<u8>> {
+    let mut csv = csv::WriterBuilder::new()
+        .has_headers(false)
+        .from_writer(Vec::new());
+    csv.write_record(HISTORY_HEADER)?;
+    for r in history {
+        csv.serialize(HistoryRow::from(r))?;
+    }
+    csv.into_inner()
+        .map_err(|e| anyhow!("cannot write the history as CSV: {}", e.error()))
+}
+
+fn write_history(out: &Path, history: &[EpochRecord]) -> Result<()> {
+    write_atomic(&out.join("history.csv"), &history_csv(history)?)?;
     let points: Vec<report::EpochPoint> = history
         .iter()
         .map(|r| report::EpochPoint {
@@ -732,5 +1088,51 @@ mod tests {
             s.end_epoch(r, &c);
         }
         assert_eq!(s.lr, Some(MIN_LR));
+    }
+
+    #[test]
+    fn history_csv_keeps_its_header_and_rounding() {
+        let record = EpochRecord {
+            epoch: 3,
+            train_loss: 1.23456789,
+            train_acc: 0.5,
+            val_loss: f64::NAN,
+            val_acc: 0.25,
+            seconds: 12.345,
+            images_per_s: 170.06,
+            lr: 0.001,
+        };
+        let text = String::from_utf8(history_csv(std::slice::from_ref(&record)).unwrap()).unwrap();
+        assert_eq!(
+            text,
+            "epoch,train_loss,train_acc,val_loss,val_acc,seconds,images_per_s,lr\n\
+             3,1.234568,0.500000,NaN,0.250000,12.35,170.1,1e-3\n"
+        );
+        assert_eq!(
+            String::from_utf8(history_csv(&[]).unwrap())
+                .unwrap()
+                .lines()
+                .count(),
+            1
+        );
+        // The fixed header is the one serde derives from the row.
+        let mut derived = csv::Writer::from_writer(Vec::new());
+        derived.serialize(HistoryRow::from(&record)).unwrap();
+        let derived = String::from_utf8(derived.into_inner().unwrap()).unwrap();
+        assert_eq!(derived.lines().next(), text.lines().next());
+    }
+
+    #[test]
+    fn the_run_eta_counts_every_step_left() {
+        // 100 steps took 50 s: 1,000 more take 500 s.
+        assert_eq!(run_eta(50.0, 100, 1000), Some(500.0));
+        assert_eq!(run_eta(5.0, 0, 10), None);
+        let mut clock = RunClock::new(10, 3);
+        clock.steps_done = 4;
+        clock.at_epoch_end = Some((8.0, 4));
+        // At step 6 of the second epoch (0-based 1): 4 + 10 steps left, 2 s each.
+        assert_eq!(clock.eta(1, 6), "28s");
+        assert_eq!(duration(41.0 * 60.0 + 7.0), "41m 07s");
+        assert_eq!(duration(3600.0 + 5.0 * 60.0 + 30.0), "1h 05m");
     }
 }

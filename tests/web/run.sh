@@ -26,7 +26,7 @@ export WGFER_WEB_EXPECTED="$work/expected.json"
 head -n 25 "$sample" > "$WGFER_WEB_ROWS"   # the header and 24 faces
 # The reference: the native inference on the default adapter (lavapipe here).
 "$wgfer" predict --json "$WGFER_WEB_ROWS" > "$WGFER_WEB_EXPECTED"
-VK_ICD_FILENAMES=/usr/lib/chromium/vk_swiftshader_icd.json "$wgfer" export-web "$WGFER_WEB_SITE" --batch 1,32
+"$wgfer" export-web "$WGFER_WEB_SITE" --batch 1,32
 
 # Dawn (the player in Node) finds no usable adapter on lavapipe;
 # SwiftShader, which Debian's chromium ships as a Vulkan driver, serves it.

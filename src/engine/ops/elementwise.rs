@@ -1,4 +1,4 @@
-//! ReLU, the residual add and fill: one lane per element, or per vec4 of
+//! ReLU and the residual add: one lane per element, or per vec4 of
 //! elements when the length allows.
 
 use anyhow::{Result, ensure};
@@ -14,11 +14,10 @@ const SHADERS: ShaderPair = shader_pair!("elementwise", "../../../shaders/elemen
 #[derive(Clone, Copy, Pod, Zeroable)]
 struct Params {
     len: u32,
-    value: f32,
-    pad: [u32; 2],
+    pad: [u32; 3],
 }
 
-fn run(gpu: &Gpu, entry: &str, value: f32, inputs: &[&Tensor], out: &Tensor) -> Result<()> {
+fn run(gpu: &Gpu, entry: &str, inputs: &[&Tensor], out: &Tensor) -> Result<()> {
     let len = out.len();
     for t in inputs {
         ensure!(
@@ -33,8 +32,7 @@ fn run(gpu: &Gpu, entry: &str, value: f32, inputs: &[&Tensor], out: &Tensor) -> 
     let kernel = gpu.kernel(SHADERS.pick(vec4), entry, &[]);
     let params = Params {
         len: len as u32,
-        value,
-        pad: [0; 2],
+        pad: [0; 3],
     };
     let mut bindings: Vec<(u32, &Tensor)> = inputs
         .iter()
@@ -52,14 +50,14 @@ fn run(gpu: &Gpu, entry: &str, value: f32, inputs: &[&Tensor], out: &Tensor) -> 
 
 pub fn relu(gpu: &Gpu, x: &Tensor) -> Result<Tensor> {
     let y = gpu.empty(x.shape())?;
-    run(gpu, "relu", 0.0, &[x], &y)?;
+    run(gpu, "relu", &[x], &y)?;
     Ok(y)
 }
 
 /// The gradient of ReLU from its output `y`: dy where y > 0.
 pub fn relu_backward(gpu: &Gpu, y: &Tensor, dy: &Tensor) -> Result<Tensor> {
     let dx = gpu.empty(y.shape())?;
-    run(gpu, "relu_backward", 0.0, &[y, dy], &dx)?;
+    run(gpu, "relu_backward", &[y, dy], &dx)?;
     Ok(dx)
 }
 
@@ -71,12 +69,8 @@ pub fn add(gpu: &Gpu, a: &Tensor, b: &Tensor) -> Result<Tensor> {
         b.shape()
     );
     let y = gpu.empty(a.shape())?;
-    run(gpu, "add", 0.0, &[a, b], &y)?;
+    run(gpu, "add", &[a, b], &y)?;
     Ok(y)
-}
-
-pub fn fill(gpu: &Gpu, t: &Tensor, value: f32) -> Result<()> {
-    run(gpu, "fill", value, &[], t)
 }
 
 /// CPU references.

@@ -8,6 +8,7 @@ pub mod conv2d;
 pub mod dense;
 pub mod elementwise;
 pub mod gemm;
+pub mod gemm_sg;
 pub mod pool;
 pub mod reduce;
 pub mod softmax_xent;

@@ -1,0 +1,223 @@
+//! The WGSL of the subgroup matrix product (`gemm_sg8` in `gemm.rs`), written
+//! out for one subgroup width and tile height.
+//!
+//! The kernel keeps one accumulator per row of its tile, and WGSL has no way
+//! to index that many accumulators in a loop that the shader compiler keeps in
+//! registers, so its loop body is unrolled here rather than written by hand.
+//! The generated source's own header explains the kernel; `gemm.rs` checks
+//! the shapes it accepts and dispatches it.
+
+use std::fmt::Write;
+
+/// The tile one subgroup computes: `rows` rows of C by `4 * lanes` columns
+/// (each lane owns a vec4 of columns), for subgroups of exactly `lanes` lanes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SubgroupTile {
+    pub lanes: usize,
+    pub rows: usize,
+}
+
+impl SubgroupTile {
+    /// `lanes` a multiple of 4 (the column sums of B are added four rows at a
+    /// time) and `rows` a multiple of `lanes` (each lane loads one row of A
+    /// per group of `lanes` rows). Checked when the tile is a `const`.
+    pub const fn new(lanes: usize, rows: usize) -> Self {
+        assert!(
+            lanes >= 4 && lanes.is_multiple_of(4),
+            "lanes: a multiple of 4"
+        );
+        assert!(
+            rows >= lanes && rows.is_multiple_of(lanes),
+            "rows: a multiple of lanes"
+        );
+        SubgroupTile { lanes, rows }
+    }
+
+    /// Columns of C per tile.
+    pub const fn cols(&self) -> usize {
+        4 * self.lanes
+    }
+}
+
+/// `emit!(out, "...", args)`: one line of WGSL.
+macro_rules! emit {
+    ($out:expr, $($fmt:tt)*) => {{
+        // Writing into a String cannot fail.
+        let _ = writeln!($out, $($fmt)*);
+    }};
+}
+
+/// The kernel's WGSL source for `tile`.
+pub fn source(tile: SubgroupTile) -> String {
+    let mut out = String::new();
+    header(&mut out, tile);
+    accumulate_rows_layout(&mut out, tile);
+    accumulate_transposed(&mut out, tile);
+    emit!(out, "  if (mine >= n4) {{ return; }}");
+    for r in 0..tile.rows {
+        emit!(out, "  store(i0 + {r}u, col4, s{r});");
+    }
+    emit!(out, "}}");
+    out
+}
+
+/// The explanation, the bindings, `store`, and the entry point up to the
+/// accumulators.
+fn header(out: &mut String, SubgroupTile { lanes: l, rows: r }: SubgroupTile) {
+    let (cols, bits, last) = (4 * l, 32 * l, r - 1);
+    emit!(
+        out,
+        "// C[i, j] = sum_p A(i, p) * B[p, j]  (+ bias[j]), for adapters whose subgroups
+// are {l} lanes wide (lavapipe's are 8 on AVX2). See gemm.wgsl for the general kernel.
+//
+// Why this shape (benches/NOTES.md has the measurements): llvmpipe runs the {l}
+// lanes of a subgroup in one {bits}-bit vector. A load whose address differs
+// per lane costs a loop over the lanes, but it fetches a whole vec4 per lane,
+// and a load whose address is the same for all lanes is no cheaper per value.
+// subgroupBroadcast, though, is a register shuffle. So every lane loads a
+// different vec4 of A ({l} rows × 4 p's, or {l} p's × 4 rows), and broadcasts hand
+// each A value to all lanes; each lane owns 4 columns of C and loads its vec4
+// of B once per p. One subgroup computes a {r} × {cols} tile.
+//
+// A_ROWS (A row-major [i, lda], p contiguous): lane l loads A[i0 + {l}g + l, p..p+3].
+// A transposed (A stored [p, lda], i contiguous): lane l loads A[p + l, i0..i0+{last}].
+// Requirements (checked by the host): lda % 4 == 0, n % 4 == 0; for A_ROWS the
+// columns of A past k up to the next multiple of 4 hold zeros. This source is
+// written by src/engine/ops/gemm_sg.rs, which unrolls the loop bodies (WGSL
+// has no way to name {r} accumulators in a loop that the shader compiler keeps
+// in registers).
+
+struct Params {{
+  m: u32, n: u32, k: u32, lda: u32,
+  flags: u32, col_blocks: u32, tiles: u32, pad: u32,  // flags: 1 = add bias, 2 = sum B's columns
+}}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> a: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> b: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> bias: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read_write> c: array<vec4<f32>>;
+// With flag 2 (A transposed only): the column sums of B, which the first row
+// of tiles adds up on the way (they load every row of B). For dW = xᵀ·dy
+// that is the bias gradient, without a dispatch of its own.
+@group(0) @binding(5) var<storage, read_write> colsum: array<vec4<f32>>;
+
+override A_ROWS: bool = true;
+
+fn store(row: u32, col4: u32, s: vec4<f32>) {{
+  if (row < p.m) {{
+    var v = s;
+    if ((p.flags & 1u) != 0u) {{ v += bias[col4]; }}
+    c[row * (p.n / 4u) + col4] = v;
+  }}
+}}
+
+@compute @workgroup_size({l})
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(subgroup_invocation_id) lane: u32) {{
+  let tile = wg.x + wg.y * nwg.x;
+  if (tile >= p.tiles) {{ return; }}
+  let i0 = (tile / p.col_blocks) * {r}u;
+  let n4 = p.n / 4u;
+  let mine = (tile % p.col_blocks) * {l}u + lane;   // this lane's vec4 column
+  let col4 = min(mine, n4 - 1u);
+  let lda4 = p.lda / 4u;
+  let klast = p.k - 1u;"
+    );
+    for row in 0..r {
+        emit!(out, "  var s{row} = vec4<f32>();");
+    }
+}
+
+const COMPONENTS: [char; 4] = ['x', 'y', 'z', 'w'];
+
+/// Row-major A: lane `l` of group `g` loads a vec4 of row `i0 + lanes·g + l`
+/// (4 p's); each of its values is broadcast to the lanes' vec4 of B.
+fn accumulate_rows_layout(out: &mut String, SubgroupTile { lanes, rows }: SubgroupTile) {
+    let groups = rows / lanes;
+    emit!(out, "  if (A_ROWS) {{");
+    for g in 0..groups {
+        emit!(
+            out,
+            "    let r{g} = min(i0 + {}u + lane, p.m - 1u) * lda4;",
+            lanes * g
+        );
+    }
+    emit!(out, "    for (var q = 0u; q < (p.k + 3u) / 4u; q++) {{");
+    for g in 0..groups {
+        emit!(out, "      let a{g} = a[r{g} + q];");
+    }
+    emit!(out, "      let k0 = q * 4u;");
+    for t in 0..4 {
+        let row = if t == 0 {
+            "k0".to_string()
+        } else {
+            format!("min(k0 + {t}u, klast)")
+        };
+        emit!(out, "      let b{t} = b[{row} * n4 + col4];");
+    }
+    for (t, comp) in COMPONENTS.iter().enumerate() {
+        for j in 0..lanes {
+            for g in 0..groups {
+                emit!(
+                    out,
+                    "      s{} += subgroupBroadcast(a{g}.{comp}, {j}u) * b{t};",
+                    lanes * g + j
+                );
+            }
+        }
+    }
+    emit!(out, "    }}");
+}
+
+/// Transposed A: lane `l` loads the `rows` values of row `k0 + l` as vec4s;
+/// each is broadcast to the lanes' vec4 of B's row `k0 + l`. With flag 2 the
+/// first row of tiles also adds up B's columns.
+fn accumulate_transposed(out: &mut String, SubgroupTile { lanes, rows }: SubgroupTile) {
+    emit!(out, "  }} else {{");
+    emit!(out, "    let ia = i0 / 4u;");
+    emit!(out, "    let sum_b = (p.flags & 2u) != 0u && i0 == 0u;");
+    emit!(out, "    var sb = vec4<f32>();");
+    emit!(out, "    for (var k0 = 0u; k0 < p.k; k0 += {lanes}u) {{");
+    emit!(out, "      let kr = min(k0 + lane, klast) * lda4 + ia;");
+    emit!(
+        out,
+        "      // Rows of A past k are clamped to the last one: zero their share."
+    );
+    emit!(out, "      let live = select(0.0, 1.0, k0 + lane < p.k);");
+    for q in 0..rows / 4 {
+        emit!(out, "      let a{q} = a[kr + {q}u] * live;");
+    }
+    for t in 0..lanes {
+        emit!(
+            out,
+            "      let b{t} = b[min(k0 + {t}u, klast) * n4 + col4];"
+        );
+    }
+    emit!(out, "      if (sum_b) {{");
+    emit!(
+        out,
+        "        // Rows past k repeat the last one: leave them out."
+    );
+    for first in (0..lanes).step_by(4) {
+        let terms: Vec<String> = (first..first + 4)
+            .map(|t| format!("select(vec4<f32>(), b{t}, k0 + {t}u < p.k)"))
+            .collect();
+        emit!(out, "        sb += {};", terms.join(" + "));
+    }
+    emit!(out, "      }}");
+    for t in 0..lanes {
+        for q in 0..rows / 4 {
+            for (cc, comp) in COMPONENTS.iter().enumerate() {
+                emit!(
+                    out,
+                    "      s{} += subgroupBroadcast(a{q}.{comp}, {t}u) * b{t};",
+                    4 * q + cc
+                );
+            }
+        }
+    }
+    emit!(out, "    }}");
+    emit!(out, "    if (sum_b && mine < n4) {{ colsum[col4] = sb; }}");
+    emit!(out, "  }}");
+}
