@@ -150,13 +150,14 @@ fn train_writes_every_output_then_eval_and_predict_use_them() {
     let j: serde_json::Value =
         serde_json::from_slice(&o.stdout).expect("predict --json prints JSON");
     let answers = j.as_array().unwrap();
-    assert_eq!(
-        answers.len(),
-        2,
-        "the readable images still get answers: {j}"
-    );
-    for a in answers {
-        let probs = a["probabilities"].as_object().unwrap();
+    assert_eq!(answers.len(), 3, "one object per input: {j}");
+    assert!(answers[2]["error"].is_string(), "{j}");
+    for a in &answers[..2] {
+        // Small pictures with no face are classified whole.
+        let faces = a["faces"].as_array().unwrap();
+        assert_eq!(faces.len(), 1, "{a}");
+        assert_eq!(faces[0]["whole_image"], true, "{a}");
+        let probs = faces[0]["probabilities"].as_object().unwrap();
         assert_eq!(probs.len(), 5);
         let sum: f64 = probs.values().map(|v| v.as_f64().unwrap()).sum();
         assert!((sum - 1.0).abs() < 1e-4, "probabilities sum to {sum}");
@@ -672,6 +673,217 @@ fn a_run_records_its_data_and_eval_warns_when_it_scores_training_rows() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+// ------------------------------------------------------------ predict on photos
+
+/// The committed public-domain photos.
+fn photo(name: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("assets/photos")
+        .join(name)
+}
+
+fn json_of(o: &std::process::Output) -> serde_json::Value {
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("not JSON ({e}):\n{}", text(o)))
+}
+
+#[test]
+fn predict_finds_the_faces_in_photos_and_draws_them() {
+    let dir = temp_dir("predict-photos");
+    let pics = dir.join("annotated");
+    let o = wgfer(&[
+        "predict",
+        "--json",
+        "--annotate",
+        s(&pics),
+        s(&photo("astronaut.jpg")),
+        s(&photo("coffee.jpg")),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let j = json_of(&o);
+    let astronaut = &j[0];
+    assert_eq!(astronaut["width"], 512);
+    assert_eq!(astronaut["faces"].as_array().unwrap().len(), 1, "{j}");
+    let face = &astronaut["faces"][0];
+    assert_eq!(face["prediction"], "happiness", "{j}");
+    assert!(face["score"].as_f64().unwrap() > 2.0);
+    assert_eq!(face["box"].as_array().unwrap().len(), 4);
+    assert_eq!(j[1]["faces"].as_array().unwrap().len(), 0, "coffee: {j}");
+    assert!(
+        text(&o).contains("no face found in 1 of 2 pictures"),
+        "a hint for the coffee:\n{}",
+        text(&o)
+    );
+    for (name, size) in [("astronaut.png", (512, 512)), ("coffee.png", (600, 400))] {
+        let img = image::open(pics.join(name)).unwrap();
+        assert_eq!((img.width(), img.height()), size, "{name}");
+    }
+    // The table: one line per face, one for the picture without.
+    let o = wgfer(&[
+        "predict",
+        s(&photo("astronaut.jpg")),
+        s(&photo("coffee.jpg")),
+    ]);
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    assert_eq!(out.lines().count(), 2, "{out}");
+    assert!(out.contains("face 1") && out.contains("happiness"), "{out}");
+    assert!(out.contains("coffee.jpg: no face found"), "{out}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Header and the first rows of the sample, and those rows' pixels.
+fn sample_rows(n: usize) -> (String, Vec<Vec<u8>>) {
+    let all = std::fs::read_to_string(sample_csv()).unwrap();
+    let lines: Vec<&str> = all.lines().take(n + 1).collect();
+    let pixels = lines[1..]
+        .iter()
+        .map(|l| {
+            l.split(',')
+                .nth(1)
+                .unwrap()
+                .split_whitespace()
+                .map(|v| v.parse().unwrap())
+                .collect()
+        })
+        .collect();
+    (lines.join("\n") + "\n", pixels)
+}
+
+#[test]
+fn a_fer_row_saved_as_a_png_is_classified_exactly_as_the_row() {
+    let dir = temp_dir("predict-fer-row");
+    let (csv_text, rows) = sample_rows(60);
+    let csv = dir.join("rows.csv");
+    std::fs::write(&csv, &csv_text).unwrap();
+    // A row the detector does not find even on the retry: the small-picture
+    // fallback classifies it whole, as --no-detect does.
+    let mut detector = wgfer::fer::faces::FaceDetector::new().unwrap();
+    let missed = rows
+        .iter()
+        .position(|px| {
+            let g = image::GrayImage::from_raw(48, 48, px.clone()).unwrap();
+            detector.detect_with_retry(&g).is_empty()
+        })
+        .expect("one of 60 FER rows missed by the detector");
+    let png = dir.join("row.png");
+    image::GrayImage::from_raw(48, 48, rows[missed].clone())
+        .unwrap()
+        .save(&png)
+        .unwrap();
+    let first = dir.join("first.png");
+    image::GrayImage::from_raw(48, 48, rows[0].clone())
+        .unwrap()
+        .save(&first)
+        .unwrap();
+    let o = wgfer(&["predict", "--json", s(&csv)]);
+    assert!(o.status.success(), "{}", text(&o));
+    let by_row = json_of(&o);
+    let o = wgfer(&["predict", "--json", s(&png)]);
+    assert!(o.status.success(), "{}", text(&o));
+    let fallback = json_of(&o);
+    let o = wgfer(&["predict", "--json", "--no-detect", s(&first)]);
+    assert!(o.status.success(), "{}", text(&o));
+    let whole = json_of(&o);
+    for (answer, row) in [(&fallback[0], missed), (&whole[0], 0)] {
+        let face = &answer["faces"][0];
+        assert_eq!(face["whole_image"], true, "{answer}");
+        assert!(face["score"].is_null());
+        assert_eq!(face["box"], serde_json::json!([0, 0, 48, 48]));
+        let csv_face = &by_row[row]["faces"][0];
+        assert_eq!(
+            by_row[row]["input"],
+            format!("{}:{}", csv.display(), row + 2)
+        );
+        assert_eq!(
+            face["probabilities"], csv_face["probabilities"],
+            "row {row}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in bytes {
+        crc ^= b as u32;
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+#[test]
+fn every_kind_of_bad_picture_gets_an_error_object_and_the_batch_goes_on() {
+    let dir = temp_dir("predict-bad");
+    let write = |name: &str, bytes: &[u8]| {
+        let p = dir.join(name);
+        std::fs::write(&p, bytes).unwrap();
+        p
+    };
+    let jpeg = std::fs::read(photo("grace_hopper.jpg")).unwrap();
+    // A PNG whose header claims 30,000 x 30,000 pixels (a decompression
+    // bomb's shape): refused from the header, before any decoding.
+    let mut bomb = Vec::new();
+    image::DynamicImage::ImageLuma8(image::GrayImage::new(4, 4))
+        .write_to(
+            &mut std::io::Cursor::new(&mut bomb),
+            image::ImageFormat::Png,
+        )
+        .unwrap();
+    bomb[16..20].copy_from_slice(&30_000u32.to_be_bytes());
+    bomb[20..24].copy_from_slice(&30_000u32.to_be_bytes());
+    let crc = crc32(&bomb[12..29]);
+    bomb[29..33].copy_from_slice(&crc.to_be_bytes());
+    let cases = [
+        (write("empty.jpg", b""), "empty"),
+        (write("truncated.jpg", &jpeg[..jpeg.len() / 3]), "truncated"),
+        (
+            write("notes.png", b"this is not a picture\n"),
+            "not an image",
+        ),
+        (write("scan.tif", b"II*\0\x08\0\0\0\0\0\0\0"), "Tiff"),
+        (write("bomb.png", &bomb), "30000x30000"),
+        (dir.join("missing.jpg"), "no such file"),
+    ];
+    let mut args = vec!["predict", "--json"];
+    args.extend(cases.iter().map(|(p, _)| s(p)));
+    let good = photo("astronaut.jpg");
+    args.push(s(&good));
+    let o = wgfer(&args);
+    let t = text(&o);
+    assert!(
+        !o.status.success(),
+        "bad inputs make the exit status non-zero:\n{t}"
+    );
+    assert!(!t.contains("panicked"), "{t}");
+    let j = json_of(&o);
+    let answers = j.as_array().unwrap();
+    assert_eq!(answers.len(), cases.len() + 1, "{j}");
+    for ((path, needle), a) in cases.iter().zip(answers) {
+        assert_eq!(a["input"], s(path));
+        let e = a["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no error for {a}"));
+        assert!(
+            e.contains(needle),
+            "{}: `{needle}` not in `{e}`",
+            path.display()
+        );
+        assert!(
+            t.contains(&format!("error: {}", s(path))),
+            "stderr names {}",
+            path.display()
+        );
+    }
+    assert_eq!(answers[cases.len()]["faces"].as_array().unwrap().len(), 1);
+    assert!(t.contains("6 of 7 inputs could not be read"), "{t}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn quiet_is_accepted_by_every_command() {
     for args in [
@@ -719,4 +931,72 @@ fn wgfer_kernels_chooses_the_kernels_and_refuses_unknown_values() {
         "{}",
         text(&o)
     );
+}
+
+#[test]
+fn predict_walks_directories_reads_paths_from_stdin_and_streams_jsonl() {
+    use std::io::Write;
+    let dir = temp_dir("predict-inputs");
+    let nested = dir.join("album/2024");
+    std::fs::create_dir_all(&nested).unwrap();
+    std::fs::copy(photo("astronaut.jpg"), dir.join("album/a.JPG")).unwrap();
+    std::fs::copy(photo("coffee.jpg"), nested.join("b.jpeg")).unwrap();
+    std::fs::write(nested.join("notes.txt"), "not a picture, skipped").unwrap();
+    let mut bmp = Vec::new();
+    image::DynamicImage::ImageRgb8(image::RgbImage::new(30, 20))
+        .write_to(&mut std::io::Cursor::new(&mut bmp), image::ImageFormat::Bmp)
+        .unwrap();
+    std::fs::write(nested.join("c.bmp"), bmp).unwrap();
+    let listed = dir.join("listed.webp");
+    let mut webp = Vec::new();
+    image::DynamicImage::ImageRgb8(image::RgbImage::new(40, 40))
+        .write_to(
+            &mut std::io::Cursor::new(&mut webp),
+            image::ImageFormat::WebP,
+        )
+        .unwrap();
+    std::fs::write(&listed, webp).unwrap();
+
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_wgfer"))
+        .args(["predict", "--jsonl", s(&dir.join("album")), "-"])
+        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    writeln!(child.stdin.take().unwrap(), "{}\n", listed.display()).unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    let inputs: Vec<String> = out
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).expect("one JSON object per line");
+            v["input"].as_str().unwrap().to_string()
+        })
+        .collect();
+    let want: Vec<String> = [
+        nested.join("b.jpeg"),
+        nested.join("c.bmp"),
+        dir.join("album/a.JPG"),
+        listed,
+    ]
+    .iter()
+    .map(|p| p.display().to_string())
+    .collect();
+    assert_eq!(inputs, want, "{out}");
+
+    // One thread or three: the same answers in the same order.
+    let album = dir.join("album");
+    let answers = |threads: &str| {
+        let o = wgfer(&["predict", "--json", "--threads", threads, s(&album)]);
+        assert!(o.status.success(), "{}", text(&o));
+        json_of(&o)
+    };
+    let one = answers("1");
+    assert_eq!(one.as_array().unwrap().len(), 3);
+    assert_eq!(one, answers("3"));
+    fails_with(&["predict", "--threads", "0", s(&album)], "--threads");
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -953,7 +953,11 @@ mod tests {
         all.sort_unstable();
         assert_eq!(all, (1..10).collect::<Vec<_>>());
         assert_eq!(split(&ds, 0).unwrap(), s, "same seed, same split");
-        assert_ne!(split(&ds, 1).unwrap().test, s.test, "another seed, another halving");
+        assert_ne!(
+            split(&ds, 1).unwrap().test,
+            s.test,
+            "another seed, another halving"
+        );
         // One PublicTest row cannot be halved: the test split is empty.
         let csv = format!("emotion,pixels,Usage\n0,{g},Training\n1,{g},PublicTest\n");
         let ds = load(&csv, &LoadOptions::default()).unwrap();

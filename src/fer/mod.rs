@@ -2,12 +2,14 @@
 //! augmentation, the tutorial's ResNet, the training loop, checkpoints,
 //! evaluation, prediction, benchmarks and report pictures.
 
+pub mod annotate;
 pub mod augment;
 pub mod bench;
 pub mod checkpoint;
 pub mod data;
 pub mod eval;
 pub mod export;
+pub mod faces;
 pub mod files;
 pub mod fuzzing;
 pub mod image_input;

@@ -25,12 +25,13 @@ use plotters::style::{FontStyle, FontTransform, register_font};
 
 use crate::fer::files::write_atomic;
 
-static FONT_BYTES: &[u8] = include_bytes!("../../assets/DejaVuSans.ttf");
+/// DejaVu Sans, embedded once for the plots and the annotated photos.
+pub(crate) static FONT_BYTES: &[u8] = include_bytes!("../../assets/DejaVuSans.ttf");
 /// The family name plotters asks for by default; the embedded font answers it.
 const FONT: &str = "sans-serif";
 
 /// Side of a face in pixels, and how much faces are enlarged when drawn.
-const FACE_SIDE: u32 = 48;
+const FACE_SIDE: u32 = crate::fer::data::SIDE as u32;
 const FACE_PIXELS: usize = (FACE_SIDE * FACE_SIDE) as usize;
 const FACE_SCALE: u32 = 3;
 /// Largest picture side drawn, to keep memory bounded on absurd inputs.
