@@ -332,7 +332,7 @@ async function classifyPhoto(file) {
   const ctx = canvas.getContext('2d');
   ctx.drawImage(bitmap, 0, 0);
   $('photo-hint').hidden = true;
-  const crops = faces.map(({ box: [x, y, w, h] }) => grayFace(bitmap, x, y, Math.max(w, h)));
+  const crops = faces.map((f) => grayFace(bitmap, ...faceSquare(f, bitmap)));
   // On the server backend, the detector's answer already holds each face's
   // probabilities; otherwise the faces are classified here.
   const probs = faces.every((f) => f.probabilities) && hook.backend === 'server'
@@ -355,6 +355,21 @@ async function classifyPhoto(file) {
 
 /** Faces as { box: [x, y, w, h], probabilities? }: from the server's
  *  detector when there is one, else the photo's centre square. */
+/** The square [x, y, side] to classify for a face: a detector's box widened
+ *  1.10x about its centre, as `wgfer predict` frames faces like the training
+ *  faces (kept inside the photo here, where predict repeats the edge pixels);
+ *  a whole-image face as it is. */
+function faceSquare({ box: [x, y, w, h], whole_image: whole }, bitmap) {
+  if (whole) return [x, y, Math.max(w, h)];
+  const side = Math.min(Math.round(Math.max(w, h) * 1.1), bitmap.width, bitmap.height);
+  const clamp = (v, hi) => Math.min(Math.max(0, v), hi);
+  return [
+    clamp(Math.round(x + w / 2 - side / 2), bitmap.width - side),
+    clamp(Math.round(y + h / 2 - side / 2), bitmap.height - side),
+    side,
+  ];
+}
+
 let serverDetects = null; // unknown until the first photo
 
 async function findFaces(file, bitmap) {
@@ -372,7 +387,7 @@ async function findFaces(file, bitmap) {
     }
   }
   const size = Math.min(bitmap.width, bitmap.height);
-  return [{ box: [(bitmap.width - size) >> 1, (bitmap.height - size) >> 1, size, size] }];
+  return [{ box: [(bitmap.width - size) >> 1, (bitmap.height - size) >> 1, size, size], whole_image: true }];
 }
 
 function drawBox(ctx, [x, y, w, h], label) {
