@@ -25,7 +25,7 @@ fn max_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
   let oy = wg.y;
   let n = wg.z;
   let ox_c = divmod(t, p.c);
-  var best = V(-3.4028235e38);
+  var best = V(-3.40282346e38); // -f32 max; Tint rejects -3.4028235e38 as past it
   var best_tap = V(0.0);
   for (var ky = 0u; ky < p.size; ky++) {
     let row = (n * p.h + oy * p.stride + ky) * p.w;

@@ -476,7 +476,7 @@ fn bad_inputs_get_their_status_and_the_server_lives_on() {
         "{health}"
     );
     assert_eq!(health["classes"].as_array().unwrap().len(), 5, "{health}");
-    let mut page = agent().get(&server.url("/")).call().unwrap();
+    let mut page = agent().get(&server.url("/api")).call().unwrap();
     assert_eq!(page.status(), 200);
     assert!(
         page.body_mut()
@@ -633,4 +633,52 @@ fn a_photo_gets_the_faces_and_probabilities_predict_gives() {
         want[1]["faces"].as_array().unwrap().is_empty(),
         "the coffee cup"
     );
+}
+
+/// `GET /` is the browser page with its files (the plans recorded with the
+/// portable kernels), `GET /api` documents the API.
+#[test]
+fn the_browser_page_and_its_plans_are_served() {
+    let server = Server::start(&["--quiet"]);
+    let text = |path: &str| {
+        let mut response = agent()
+            .get(format!("{}{path}", server.base))
+            .call()
+            .expect("GET");
+        let kind = response
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default();
+        (
+            response.status().as_u16(),
+            kind,
+            response.body_mut().read_to_string().unwrap(),
+        )
+    };
+    let (status, kind, body) = text("/");
+    assert_eq!(status, 200);
+    assert!(kind.starts_with("text/html"), "{kind}");
+    assert!(
+        body.contains("facial expressions in your browser"),
+        "{body}"
+    );
+    let (status, _, body) = text("/api");
+    assert_eq!(status, 200);
+    assert!(body.contains("POST /predict"), "{body}");
+    let (status, plan) = get(&format!("{}/plan-b1.json", server.base));
+    assert_eq!(status, 200);
+    assert_eq!(plan["format"], "wgfer-web-1");
+    assert_eq!(plan["batch"], 1);
+    let shaders = plan["recording"]["shaders"].as_object().unwrap();
+    assert!(
+        shaders
+            .values()
+            .all(|s| !s.as_str().unwrap().contains("enable subgroups")),
+        "a browser plan needs no subgroups"
+    );
+    let (status, manifest) = get(&format!("{}/manifest.json", server.base));
+    assert_eq!(status, 200, "{manifest}");
+    let (status, _) = get(&format!("{}/no-such-file.js", server.base));
+    assert_eq!(status, 404);
 }

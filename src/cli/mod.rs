@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod convert;
 pub mod eval;
+pub mod export_web;
 pub mod info;
 pub mod predict;
 pub mod serve;
@@ -56,6 +57,7 @@ enum Command {
     Serve(serve::Args),
     Info(info::Args),
     Convert(convert::Args),
+    ExportWeb(export_web::Args),
 }
 
 impl Cli {
@@ -70,6 +72,7 @@ impl Cli {
             Command::Serve(a) => serve::run(a),
             Command::Info(a) => info::run(a),
             Command::Convert(a) => convert::run(a),
+            Command::ExportWeb(a) => export_web::run(a),
         }
     }
 }

@@ -23,3 +23,4 @@ pub mod report;
 pub mod serve;
 pub mod train;
 pub mod trainer;
+pub mod web;

@@ -18,6 +18,7 @@ mod routes;
 pub use batcher::{BatchSettings, Batcher};
 pub use routes::{Limits, ModelInfo};
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::pin::pin;
 use std::sync::Arc;
@@ -30,10 +31,11 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 
-use crate::engine::Gpu;
+use crate::engine::{Gpu, Kernels};
 use crate::fer::image_input::FACE_PIXELS;
 use crate::fer::infer;
 use crate::fer::model::Model;
+use crate::fer::web::{self, SiteFile};
 
 /// Everything `wgfer serve` is told.
 pub struct Config {
@@ -66,6 +68,7 @@ pub fn run(gpu: &Gpu, config: Config) -> Result<()> {
     let batcher = Batcher::start(config.batch, move |pixels: &[u8], count: usize| {
         infer::probabilities(&model, pixels, count, false)
     })?;
+    let site = browser_site(gpu, &config.weights)?;
     let stats = Arc::clone(&batcher.stats);
     let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
     let state = routes::AppState {
@@ -73,6 +76,7 @@ pub fn run(gpu: &Gpu, config: Config) -> Result<()> {
         info: Arc::new(info),
         limits: config.limits,
         cpu: Arc::new(tokio::sync::Semaphore::new(cpus)),
+        site: Arc::new(site),
     };
     let app = routes::router(state, config.quiet);
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -86,6 +90,17 @@ pub fn run(gpu: &Gpu, config: Config) -> Result<()> {
     // Printed even with --quiet: one line that says what batching did.
     eprintln!("served {}", stats.summary());
     result
+}
+
+/// The browser page's files, recorded on a second device of the same adapter
+/// with the portable kernels (a browser's WebGPU has no subgroups), while the
+/// server's own inference keeps the fastest ones.
+fn browser_site(gpu: &Gpu, weights: &std::path::Path) -> Result<HashMap<String, SiteFile>> {
+    let portable = Gpu::with_kernels(Some(&gpu.adapter().name), Kernels::Portable)?;
+    let (model, classes) = Model::load(&portable, weights)?;
+    let files =
+        web::site(&model, &classes, &[1, 32]).context("recording the browser page's plans")?;
+    Ok(files.into_iter().map(|f| (f.path.clone(), f)).collect())
 }
 
 /// Accept connections until a stop signal, then drain.

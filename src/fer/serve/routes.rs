@@ -1,6 +1,7 @@
 //! The HTTP API: routes, their handlers, the JSON they answer, and the layers
 //! around them (request log, timeout, panic guard, body limit).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,6 +22,7 @@ use super::error::HttpError;
 use super::faces::image_to_faces;
 use crate::fer::faces::ImageFaces;
 use crate::fer::predict;
+use crate::fer::web::SiteFile;
 
 /// What `/health` reports about the model being served.
 pub struct ModelInfo {
@@ -52,6 +54,9 @@ pub struct AppState {
     /// Decoding is CPU-bound: at most this many at once (one per core), so a
     /// burst of large photos queues instead of oversubscribing the machine.
     pub cpu: Arc<Semaphore>,
+    /// The browser page (`wgfer export-web`'s files) by path; `GET /` is its
+    /// index.html.
+    pub site: Arc<HashMap<String, SiteFile>>,
 }
 
 /// The whole application: routes plus layers. `quiet` silences the
@@ -59,10 +64,11 @@ pub struct AppState {
 pub fn router(state: AppState, quiet: bool) -> Router {
     let limits = state.limits;
     let routes = Router::new()
-        .route("/", get(index))
+        .route("/", get(page))
+        .route("/api", get(api_doc))
         .route("/health", get(health))
         .route("/predict", post(predict))
-        .fallback(not_found)
+        .fallback(site_file)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state);
     with_layers(routes, limits, quiet)
@@ -93,8 +99,25 @@ struct FaceCount(usize);
 
 // ------------------------------------------------------------ the handlers
 
-async fn index() -> Html<&'static str> {
+/// The browser page: the model runs in the visitor's own GPU (WebGPU), with
+/// this server for face boxes or as the fallback.
+async fn page(State(app): State<AppState>, uri: Uri) -> Response {
+    site_file(State(app), uri).await
+}
+
+/// A short page documenting the API.
+async fn api_doc() -> Html<&'static str> {
     Html(include_str!("index.html"))
+}
+
+/// One of the page's files (`GET /app.js`, `/plan-b1.json`, ...), else 404.
+async fn site_file(State(app): State<AppState>, uri: Uri) -> Response {
+    let path = uri.path().trim_start_matches('/');
+    let path = if path.is_empty() { "index.html" } else { path };
+    match app.site.get(path) {
+        Some(f) => ([(header::CONTENT_TYPE, f.content_type)], f.bytes.clone()).into_response(),
+        None => not_found(uri).await.into_response(),
+    }
 }
 
 async fn health(State(app): State<AppState>) -> Response {
@@ -212,7 +235,7 @@ async fn not_found(uri: Uri) -> HttpError {
     HttpError::new(
         StatusCode::NOT_FOUND,
         format!(
-            "no such path: {} (the API: GET /, GET /health, POST /predict)",
+            "no such path: {} (the API: GET /health, POST /predict; GET /api documents it, GET / is the page)",
             short(uri.path())
         ),
     )
