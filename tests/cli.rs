@@ -801,21 +801,6 @@ fn a_fer_row_saved_as_a_png_is_classified_exactly_as_the_row() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-fn crc32(bytes: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &b in bytes {
-        crc ^= b as u32;
-        for _ in 0..8 {
-            crc = if crc & 1 == 1 {
-                (crc >> 1) ^ 0xEDB8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
-}
-
 #[test]
 fn every_kind_of_bad_picture_gets_an_error_object_and_the_batch_goes_on() {
     let dir = temp_dir("predict-bad");
@@ -827,17 +812,7 @@ fn every_kind_of_bad_picture_gets_an_error_object_and_the_batch_goes_on() {
     let jpeg = std::fs::read(photo("grace_hopper.jpg")).unwrap();
     // A PNG whose header claims 30,000 x 30,000 pixels (a decompression
     // bomb's shape): refused from the header, before any decoding.
-    let mut bomb = Vec::new();
-    image::DynamicImage::ImageLuma8(image::GrayImage::new(4, 4))
-        .write_to(
-            &mut std::io::Cursor::new(&mut bomb),
-            image::ImageFormat::Png,
-        )
-        .unwrap();
-    bomb[16..20].copy_from_slice(&30_000u32.to_be_bytes());
-    bomb[20..24].copy_from_slice(&30_000u32.to_be_bytes());
-    let crc = crc32(&bomb[12..29]);
-    bomb[29..33].copy_from_slice(&crc.to_be_bytes());
+    let bomb = common::png_claiming(30_000);
     let cases = [
         (write("empty.jpg", b""), "empty"),
         (write("truncated.jpg", &jpeg[..jpeg.len() / 3]), "truncated"),

@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 use image::{ImageBuffer, Luma};
 use serde_json::Value;
 
+mod common;
+
 /// Longest any one HTTP exchange may take (lavapipe on a busy machine).
 const PATIENCE: Duration = Duration::from_secs(120);
 
@@ -368,36 +370,6 @@ fn answers_match_predict_and_concurrent_clients_each_get_their_own() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-fn crc32(bytes: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &b in bytes {
-        crc ^= b as u32;
-        for _ in 0..8 {
-            crc = if crc & 1 == 1 {
-                (crc >> 1) ^ 0xEDB8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
-}
-
-/// A valid small PNG whose header claims `side` x `side` pixels.
-fn png_claiming(side: u32) -> Vec<u8> {
-    let mut out = std::io::Cursor::new(vec![]);
-    ImageBuffer::from_pixel(4, 4, Luma([9u8]))
-        .write_to(&mut out, image::ImageFormat::Png)
-        .unwrap();
-    let mut bytes = out.into_inner();
-    // IHDR data starts at byte 16: width, height (big-endian u32), then its CRC.
-    bytes[16..20].copy_from_slice(&side.to_be_bytes());
-    bytes[20..24].copy_from_slice(&side.to_be_bytes());
-    let crc = crc32(&bytes[12..29]);
-    bytes[29..33].copy_from_slice(&crc.to_be_bytes());
-    bytes
-}
-
 /// Every bad input gets its status and a JSON error; the server lives on.
 #[test]
 fn bad_inputs_get_their_status_and_the_server_lives_on() {
@@ -436,7 +408,7 @@ fn bad_inputs_get_their_status_and_the_server_lives_on() {
         "bad query"
     );
     // A decompression bomb: a tiny file claiming 30,000 x 30,000 pixels.
-    let (status, body) = post(&url, &png_claiming(30_000));
+    let (status, body) = post(&url, &common::png_claiming(30_000));
     assert_eq!(error_status((status, body.clone())), 413, "{body}");
     assert!(
         body["error"].as_str().unwrap().contains("30000x30000"),
