@@ -20,11 +20,13 @@ fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// The weights inside `fer5.keras`, in wgfer's format: the model wgfer
+/// shipped before it was retrained on FER-2013's original pixels.
 fn shipped() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("models/fer5.safetensors")
+    fixture("fer5.safetensors")
 }
 
-/// The full tutorial model holding the shipped weights, as Keras 3 saved it.
+/// The full tutorial model holding those weights, as Keras 3 saved it.
 const FULL: &str = "fer5.keras";
 
 /// The small files: three of the tutorial's layers, one file per layout and
