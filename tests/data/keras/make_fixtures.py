@@ -10,7 +10,7 @@
         # Keras 3.3: its files do not name the layers (`layers/conv2d/vars/0`), newer ones do
 
 Full model (one file, Keras 3 `.keras`): the tutorial's model (../shared/peers/keras_fer.py) holding wgfer's
-shipped weights (models/fer5.safetensors), and Keras' own probabilities for the first 20 faces of
+shipped weights (models/fer5.safetensors as it was before the retraining on the original pixels), and Keras' own probabilities for the first 20 faces of
 ../shared/data/emotion-sample.csv (predictions.json).
 
 Small files (one per format): a model of three of the tutorial's layers (conv1, bn_conv1, Dense_final) whose
