@@ -876,9 +876,23 @@ impl Gpu {
         self.with_encoder(|enc| {
             enc.copy_buffer_to_buffer(t.buffer(), t.byte_offset(), &staging, 0, t.len() as u64 * 4)
         });
+        let out = bytemuck::pod_collect_to_vec(&self.map_read(&staging, t.len() as u64 * 4)?);
+        self.0
+            .staging
+            .lock()
+            .unwrap()
+            .entry(padded)
+            .or_default()
+            .push(staging);
+        Ok(out)
+    }
+
+    /// Submit the pending commands, wait, and copy the first `bytes` of a
+    /// MAP_READ buffer to the host (the buffer is unmapped again).
+    fn map_read(&self, buffer: &wgpu::Buffer, bytes: u64) -> Result<Vec<u8>> {
         self.flush();
         let (tx, rx) = std::sync::mpsc::channel();
-        staging.map_async(wgpu::MapMode::Read, ..t.len() as u64 * 4, move |r| {
+        buffer.map_async(wgpu::MapMode::Read, ..bytes, move |r| {
             let _ = tx.send(r);
         });
         self.0
@@ -889,20 +903,11 @@ impl Gpu {
         rx.recv()
             .map_err(|_| anyhow!("GPU read-back was cancelled"))?
             .map_err(|e| anyhow!("GPU read-back failed: {e}"))?;
-        let out = {
-            let view = staging
-                .get_mapped_range(..t.len() as u64 * 4)
-                .map_err(|e| anyhow!("GPU read-back failed: {e}"))?;
-            bytemuck::cast_slice::<u8, f32>(&view).to_vec()
-        };
-        staging.unmap();
-        self.0
-            .staging
-            .lock()
-            .unwrap()
-            .entry(padded)
-            .or_default()
-            .push(staging);
+        let out = buffer
+            .get_mapped_range(..bytes)
+            .map_err(|e| anyhow!("GPU read-back failed: {e}"))?
+            .to_vec();
+        buffer.unmap();
         Ok(out)
     }
 
@@ -984,28 +989,8 @@ impl Gpu {
             bail!("finish_profile without start_profile");
         };
         let resolved = self.with_encoder(|enc| profiler.finish(&self.0.device, enc))?;
-        self.flush();
-        let (tx, rx) = std::sync::mpsc::channel();
-        resolved
-            .readback
-            .map_async(wgpu::MapMode::Read, .., move |r| {
-                let _ = tx.send(r);
-            });
-        self.0
-            .device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| anyhow!("waiting for the GPU failed: {e}"))?;
-        self.check()?;
-        rx.recv()
-            .map_err(|_| anyhow!("profile read-back was cancelled"))?
-            .map_err(|e| anyhow!("profile read-back failed: {e}"))?;
-        let ticks: Vec<u64> = {
-            let view = resolved
-                .readback
-                .get_mapped_range(..)
-                .map_err(|e| anyhow!("profile read-back failed: {e}"))?;
-            bytemuck::cast_slice::<u8, u64>(&view).to_vec()
-        };
+        let bytes = self.map_read(&resolved.readback, resolved.readback.size())?;
+        let ticks: Vec<u64> = bytemuck::pod_collect_to_vec(&bytes);
         let period = self.0.queue.get_timestamp_period() as f64;
         Ok(resolved.times(&ticks, period))
     }
