@@ -348,18 +348,7 @@ fn weights_that_do_not_fit_the_model_are_refused() {
     // A file whose conv1 kernel has the wrong shape, the rest right.
     let arch = wgfer::fer::model::Architecture::resnet(5);
     let (t, m) = wgfer::fer::model::initial_values(&arch, 0);
-    let mut tensors: Vec<checkpoint::NamedTensor> = arch
-        .params
-        .iter()
-        .map(|p| {
-            let src = if p.trainable { &t } else { &m };
-            checkpoint::NamedTensor {
-                name: p.name.clone(),
-                shape: p.shape.clone(),
-                data: src[p.offset..p.offset + p.len()].to_vec(),
-            }
-        })
-        .collect();
+    let mut tensors = arch.gather(&t, &m);
     let good = dir.join("good.safetensors");
     checkpoint::save(&good, &tensors, &Default::default()).unwrap();
     tensors[0].shape = vec![7, 7, 64, 1];
@@ -475,15 +464,7 @@ fn reduce_lr_on_plateau_halves_the_rate_after_epochs_without_improvement() {
 fn untrained_weights(path: &Path, names: &[&str]) {
     let arch = wgfer::fer::model::Architecture::resnet(names.len());
     let (t, m) = wgfer::fer::model::initial_values(&arch, 0);
-    let tensors: Vec<checkpoint::NamedTensor> = arch
-        .params
-        .iter()
-        .map(|p| checkpoint::NamedTensor {
-            name: p.name.clone(),
-            shape: p.shape.clone(),
-            data: (if p.trainable { &t } else { &m })[p.offset..p.offset + p.len()].to_vec(),
-        })
-        .collect();
+    let tensors = arch.gather(&t, &m);
     let meta = [("classes".to_string(), serde_json::to_string(names).unwrap())].into();
     checkpoint::save(path, &tensors, &meta).unwrap();
 }

@@ -377,6 +377,22 @@ impl Architecture {
         (trainable, moving)
     }
 
+    /// The inverse of `scatter`: every parameter as a named tensor (Keras
+    /// layouts), cut from the two flat vectors.
+    pub fn gather(&self, trainable: &[f32], moving: &[f32]) -> Vec<NamedTensor> {
+        self.params
+            .iter()
+            .map(|p| {
+                let src = if p.trainable { trainable } else { moving };
+                NamedTensor {
+                    name: p.name.clone(),
+                    shape: p.shape.clone(),
+                    data: src[p.offset..p.offset + p.len()].to_vec(),
+                }
+            })
+            .collect()
+    }
+
     pub fn param_count(&self) -> (usize, usize) {
         let trainable = self
             .params
@@ -674,19 +690,7 @@ impl Model {
     /// Every parameter as a named tensor (Keras layouts), read back from the GPU.
     pub fn named_tensors(&self) -> Result<Vec<NamedTensor>> {
         let (t, m) = self.read_values()?;
-        Ok(self
-            .arch
-            .params
-            .iter()
-            .map(|p| {
-                let src = if p.trainable { &t } else { &m };
-                NamedTensor {
-                    name: p.name.clone(),
-                    shape: p.shape.clone(),
-                    data: src[p.offset..p.offset + p.len()].to_vec(),
-                }
-            })
-            .collect())
+        Ok(self.arch.gather(&t, &m))
     }
 
     /// Save as safetensors (atomically) with the class names and input shape.
