@@ -168,11 +168,12 @@ fn gemm_shapes_and_transposed_a_and_accumulate() {
         (100, 7, 130),
         (5, 300, 12),
         (64, 512, 5),
-        // Shapes the 8-lane-subgroup kernel takes (n % 4 == 0, k and m % 4 == 0
-        // for vec4 rows), with remainders of its 16 × 32 tile.
+        // Shapes the subgroup kernels take (n % 4 == 0, k and m % 4 == 0 for
+        // vec4 rows), with remainders of their 24 × 32 and 16 × 64 tiles.
         (37, 20, 36),
         (19, 16, 8),
         (48, 8, 64),
+        (52, 24, 100),
     ] {
         for transposed in [false, true] {
             for accumulate in [false, true] {
@@ -798,8 +799,9 @@ fn batchnorm_relu_fused_forward_and_backward() {
     }
 }
 
-/// Which gemm kernel runs. By default the 8-lane-subgroup kernel wherever
-/// every subgroup is 8 lanes wide (lavapipe on AVX2; SwiftShader's are 4);
+/// Which gemm kernel runs. By default the subgroup kernel written for the
+/// adapter's width wherever every subgroup has it (lavapipe: 8 lanes at 256
+/// bits, 16 with `LP_NATIVE_VECTOR_WIDTH=512`; SwiftShader's 4 have none);
 /// with `Kernels::Portable` (`WGFER_KERNELS=portable`) the portable one,
 /// everywhere. Both match the CPU reference.
 #[test]
@@ -808,15 +810,16 @@ fn gemm_kernel_choice_follows_the_subgroup_width_and_wgfer_kernels() {
     for choice in [Kernels::Fastest, Kernels::Portable] {
         let gpu = Gpu::with_kernels(None, choice).unwrap();
         gpu.set_poison_outputs(true);
-        let eight_lanes = gpu.subgroup_sizes() == Some((8, 8));
-        if gpu.adapter().name.contains("llvmpipe") {
+        let width = gpu.fixed_subgroup_size();
+        if gpu.adapter().name.contains("llvmpipe") && choice == Kernels::Fastest {
             assert!(
-                eight_lanes,
-                "lavapipe reports subgroups of {:?} lanes, expected 8 (a CPU without AVX?)",
+                matches!(width, Some(8 | 16)),
+                "lavapipe reports subgroups of {:?} lanes, expected 8 or 16 (a CPU without AVX?)",
                 gpu.subgroup_sizes()
             );
         }
-        // A shape the 8-lane kernel takes in both layouts of A.
+        // A shape the subgroup kernels take in both layouts of A, with
+        // partial tiles in both directions.
         let (m, k, n) = (36, 20, 44);
         for strides in [Strides::rows(k), Strides::transposed(m)] {
             let g = Gemm::new(m, n, k, strides);
@@ -840,17 +843,18 @@ fn gemm_kernel_choice_follows_the_subgroup_width_and_wgfer_kernels() {
         }
         let ran = (
             gpu.dispatches_of(gemm::SG8_KERNEL),
+            gpu.dispatches_of(gemm::SG16_KERNEL),
             gpu.dispatches_of(gemm::PORTABLE_KERNEL),
         );
-        let expected = if choice == Kernels::Fastest && eight_lanes {
-            (2, 0)
-        } else {
-            (0, 2)
+        let expected = match width {
+            Some(8) => (2, 0, 0),
+            Some(16) => (0, 2, 0),
+            _ => (0, 0, 2),
         };
         assert_eq!(
             ran,
             expected,
-            "(8-lane, portable) gemm dispatches with {choice:?} on {}, subgroups {:?}",
+            "(8-lane, 16-lane, portable) gemm dispatches with {choice:?} on {}, subgroups {:?}",
             gpu.adapter(),
             gpu.subgroup_sizes()
         );
@@ -880,7 +884,7 @@ fn gemm_subgroup_source_compiles_for_other_widths() {
         eprintln!("this adapter has no subgroup operations: nothing to compile");
         return;
     }
-    for (lanes, rows) in [(4, 16), (8, 16), (16, 16), (32, 32)] {
+    for (lanes, rows) in [(4, 16), (8, 16), (8, 24), (16, 16), (32, 32)] {
         let tile = SubgroupTile::new(lanes, rows);
         // A Shader holds 'static strings (compiled shaders are kept for the
         // program's life); a test may leak a few.
