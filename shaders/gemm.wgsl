@@ -1,4 +1,4 @@
-// C[m, n] = sum_k A[m, k] * B[k, n]  (+ bias[n]) (+ C[m, n] when accumulating)
+// C[m, n] = sum_k A[m, k] * B[k, n]  (+ bias[n]) (+ C[m, n] when accumulating), then max(·, 0) with flag 4
 //
 // Shaped for lavapipe (llvmpipe), which runs 8 invocations in one 256-bit
 // vector and loads a non-uniform address lane by lane, but a workgroup-uniform
@@ -16,7 +16,7 @@
 
 struct Params {
   m: u32, n: u32, k: u32, ldb: u32,
-  a_rs: u32, a_cs: u32, ldc: u32, flags: u32,  // flags: 1 = add bias, 2 = accumulate into C
+  a_rs: u32, a_cs: u32, ldc: u32, flags: u32,  // flags: 1 = add bias, 2 = accumulate into C, 4 = ReLU
   col_blocks: u32, tiles: u32, pad0: u32, pad1: u32,
 }
 
@@ -54,6 +54,7 @@ fn store_row(row: u32, col: u32, s: vec4<f32>) {
       if ((p.flags & 1u) != 0u) { v += bias[cj]; }
       let i = row * p.ldc + cj;
       if ((p.flags & 2u) != 0u) { v += c[i]; }
+      if ((p.flags & 4u) != 0u) { v = max(v, 0.0); }
       c[i] = v;
     }
   }

@@ -13,7 +13,7 @@ use wgfer::engine::ops::gemm::{Gemm, Strides};
 use wgfer::engine::ops::gemm_sg::{self, SubgroupTile};
 use wgfer::engine::ops::pool::Pool2d;
 use wgfer::engine::ops::{
-    adam, batchnorm, conv2d, dense, elementwise, gemm, pool, reduce, softmax_xent,
+    adam, batchnorm, bn_fold, conv2d, dense, elementwise, gemm, pool, reduce, softmax_xent,
 };
 use wgfer::engine::{Gpu, Kernels, Shader};
 
@@ -896,5 +896,132 @@ fn gemm_subgroup_source_compiles_for_other_widths() {
             gpu.kernel(&shader, "main", &[("A_ROWS", a_rows)]);
         }
         gpu.check().unwrap();
+    }
+}
+
+/// A batch norm folded into the weights and bias before it, on several
+/// shapes (a 3×3 convolution's [3, 3, cin, cout], a dense layer's [k, c]).
+#[test]
+fn bn_fold_matches_its_reference() {
+    let gpu = gpu();
+    gpu.set_poison_outputs(true);
+    let mut rng = rng();
+    for shape in [
+        vec![3, 3, 5, 7],
+        vec![1, 1, 64, 256],
+        vec![9, 1],
+        vec![4, 130],
+    ] {
+        let c = *shape.last().unwrap();
+        let len: usize = shape.iter().product();
+        let (w, b) = (random(&mut rng, len), random(&mut rng, c));
+        let (gamma, beta, mean) = (
+            random(&mut rng, c),
+            random(&mut rng, c),
+            random(&mut rng, c),
+        );
+        let var: Vec<f32> = random(&mut rng, c).iter().map(|v| v.abs() + 0.1).collect();
+        let t = |v: &[f32]| upload(&gpu, &[v.len()], v);
+        let (gt, bt, mt, vt) = (t(&gamma), t(&beta), t(&mean), t(&var));
+        let bn = BnParams {
+            gamma: &gt,
+            beta: &bt,
+            moving_mean: &mt,
+            moving_var: &vt,
+        };
+        let (w_out, b_out) = bn_fold::fold(
+            &gpu,
+            &upload(&gpu, &shape, &w),
+            &t(&b),
+            &bn,
+            batchnorm::EPSILON,
+        )
+        .unwrap();
+        let (want_w, want_b) = bn_fold::cpu(
+            &f64s(&w),
+            &f64s(&b),
+            [&f64s(&gamma), &f64s(&beta), &f64s(&mean), &f64s(&var)],
+            batchnorm::EPSILON as f64,
+        );
+        check(
+            &format!("bn_fold W' {shape:?}"),
+            &read(&gpu, &w_out),
+            &want_w,
+        );
+        check(
+            &format!("bn_fold b' {shape:?}"),
+            &read(&gpu, &b_out),
+            &want_b,
+        );
+    }
+    let w = upload(&gpu, &[3, 4], &[0.0; 12]);
+    let short = upload(&gpu, &[3], &[1.0; 3]);
+    let b = upload(&gpu, &[4], &[0.0; 4]);
+    let bn = BnParams {
+        gamma: &short,
+        beta: &b,
+        moving_mean: &b,
+        moving_var: &b,
+    };
+    let e = bn_fold::fold(&gpu, &w, &b, &bn, 1e-3)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("gamma holds 3 values, expected 4"), "{e}");
+}
+
+/// The ReLU epilogue of both gemm kernels (the subgroup one where the
+/// adapter has it, the portable one everywhere), with a bias, and through a
+/// convolution (`Conv2d::forward_relu`).
+#[test]
+fn gemm_and_conv_with_the_relu_epilogue() {
+    let mut rng = rng();
+    for choice in [Kernels::Fastest, Kernels::Portable] {
+        let gpu = Gpu::with_kernels(None, choice).unwrap();
+        gpu.set_poison_outputs(true);
+        for (m, k, n) in [(37, 20, 36), (5, 7, 3), (50, 64, 64)] {
+            let g = Gemm {
+                relu: true,
+                ..Gemm::new(m, n, k, Strides::rows(k))
+            };
+            let (a, b, bias) = (
+                random(&mut rng, m * k),
+                random(&mut rng, k * n),
+                random(&mut rng, n),
+            );
+            let c = gpu.empty(&[m, n]).unwrap();
+            g.run(
+                &gpu,
+                &upload(&gpu, &[m * k], &a),
+                &upload(&gpu, &[k, n], &b),
+                Some(&upload(&gpu, &[n], &bias)),
+                &c,
+            )
+            .unwrap();
+            let mut want = vec![0.0; m * n];
+            gemm::cpu(&g, &a, &b, Some(&bias), &mut want);
+            assert!(want.contains(&0.0) && want.iter().any(|&v| v > 0.0));
+            check(
+                &format!("gemm+relu {choice:?} {m}x{k}x{n}"),
+                &read(&gpu, &c),
+                &f64s(&want),
+            );
+        }
+        let c = Conv2d::new(&[2, 5, 5, 8], 12, [3, 3], 1, Padding::Same).unwrap();
+        let (x, w, b) = (
+            random(&mut rng, 2 * 5 * 5 * 8),
+            random(&mut rng, c.k() * 12),
+            random(&mut rng, 12),
+        );
+        let y = c
+            .forward_relu(
+                &gpu,
+                &upload(&gpu, &[2, 5, 5, 8], &x),
+                &upload(&gpu, &c.weight_shape(), &w),
+                &upload(&gpu, &[12], &b),
+            )
+            .unwrap();
+        let want =
+            elementwise::cpu::relu(&conv2d::cpu::forward(&c, &f64s(&x), &f64s(&w), &f64s(&b)));
+        check(&format!("conv2d+relu {choice:?}"), &read(&gpu, &y), &want);
     }
 }

@@ -4,7 +4,8 @@
 mod common;
 
 use wgfer::engine::tape::Tape;
-use wgfer::fer::model::{Architecture, Model};
+use wgfer::fer::model::{Architecture, Model, initial_values};
+use wgfer::fer::plan::Plan;
 
 #[test]
 fn parameter_count_matches_keras() {
@@ -180,9 +181,67 @@ fn bench_profiles_every_layer_of_the_real_step() {
         report
             .infer_kernels
             .iter()
-            .any(|k| k.name == "conv2d conv1")
+            .any(|k| k.name == "conv2d+bn+relu conv1"),
+        "inference runs the folded plan"
     );
     assert!(!report.infer_kernels.iter().any(|k| k.pass == "backward"));
     assert_eq!(report.photo.faces_found, 5, "{:?}", report.photo);
     assert!(report.photo.detect_640x480_ms > 0.0);
+}
+
+/// Inference runs the plan with batch norms folded into the convolutions
+/// (`Plan::inference`): the same logits as the unfolded plan to 1e-5, with
+/// batch-norm statistics far from their initial values, and again after a
+/// training step has changed the weights (the folded ones are made anew).
+#[test]
+fn folded_inference_equals_the_unfolded_plan() {
+    let gpu = common::gpu();
+    let arch = Architecture::resnet(5);
+    let mut rng = common::rng();
+    let (trainable, _) = initial_values(&arch, 0);
+    // Random gammas, betas, means and variances (> 0) instead of 1, 0, 0, 1.
+    let mut t = trainable.clone();
+    for p in arch
+        .params
+        .iter()
+        .filter(|p| p.trainable && p.name.starts_with("bn"))
+    {
+        let r = common::random(&mut rng, p.len());
+        t[p.offset..p.offset + p.len()].copy_from_slice(&r);
+    }
+    let moving: Vec<f32> = common::random(&mut rng, arch.moving_len)
+        .iter()
+        .map(|v| v.abs() + 0.2)
+        .collect();
+    let model = Model::from_values(&gpu, arch.clone(), &t, &moving).unwrap();
+    let x: Vec<f32> = common::random(&mut rng, 4 * 48 * 48)
+        .iter()
+        .map(|v| v.abs())
+        .collect();
+    let images = gpu.upload(&[4, 48, 48, 1], &x).unwrap();
+    let unfolded = Plan::of(&arch);
+    for round in ["fresh weights", "after a training step"] {
+        let folded = common::read(
+            &gpu,
+            &model.forward(&Tape::new(&gpu), &images, false).unwrap(),
+        );
+        let reference = common::read(
+            &gpu,
+            &model
+                .forward_with(&unfolded, &Tape::new(&gpu), &images, false)
+                .unwrap(),
+        );
+        common::check(
+            &format!("folded logits, {round}"),
+            &folded,
+            &common::f64s(&reference),
+        );
+        assert!(
+            common::rel_err(&folded, &common::f64s(&reference)) < 1e-5,
+            "{round}"
+        );
+        // A training-mode forward moves the moving statistics: the next
+        // inference must not reuse the folded weights made above.
+        model.forward(&Tape::new(&gpu), &images, true).unwrap();
+    }
 }

@@ -85,6 +85,9 @@ pub fn record(model: &Model, class_names: &[String], batch: usize) -> Result<Web
     let gpu = &model.gpu;
     let images = gpu.upload(&[batch, SIDE, SIDE, 1], &vec![0.5; batch * PIXELS])?;
     gpu.sync()?;
+    // Folded weights made earlier would be buffers the recording never
+    // fills: fold again inside it, from the weights the player uploads.
+    model.forget_folded();
     gpu.start_recording();
     let probs = forward(model, gpu, &images);
     let recording = gpu.finish_recording()?;

@@ -6,20 +6,22 @@
 //! read-backs.
 
 use std::collections::HashMap;
+use std::sync::Mutex;
 
 use anyhow::{Result, bail, ensure};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
 use crate::engine::nn;
-use crate::engine::ops::batchnorm::BnParams;
+use crate::engine::ops::batchnorm::{self, BnParams};
+use crate::engine::ops::bn_fold;
 use crate::engine::ops::conv2d::{Conv2d, Padding};
 use crate::engine::optim::ParamSet;
 use crate::engine::tape::Tape;
 use crate::engine::{Gpu, Tensor};
 use crate::fer::checkpoint::{self, NamedTensor};
 use crate::fer::data::SIDE;
-use crate::fer::plan::{Plan, StepOp};
+use crate::fer::plan::{FoldedBn, Plan, StepOp};
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Op {
@@ -473,6 +475,11 @@ pub struct Model {
     pub views: Vec<Tensor>,
     /// The forward pass's steps, derived once from `arch`.
     pub plan: Plan,
+    /// The same at inference, batch norms folded into convolutions.
+    pub inference_plan: Plan,
+    /// The folded weights and biases by step, made at the first inference
+    /// after the weights last changed (a training step clears them).
+    folded: Mutex<HashMap<usize, (Tensor, Tensor)>>,
 }
 
 impl Model {
@@ -510,6 +517,8 @@ impl Model {
             .collect();
         Ok(Model {
             plan: Plan::of(&arch),
+            inference_plan: Plan::inference(&arch),
+            folded: Mutex::default(),
             arch,
             gpu: gpu.clone(),
             trainable: t,
@@ -540,23 +549,42 @@ impl Model {
 
     /// Logits [n, classes] for images [n, 48, 48, 1] (NHWC, values in [0, 1]):
     /// the plan's steps in order, each under its profile label.
-    /// `training`: batch-norm on batch statistics (and moving averages updated).
+    /// `training`: batch-norm on batch statistics (and moving averages
+    /// updated); otherwise the inference plan, on the moving statistics,
+    /// whose folded convolutions record nothing on the tape.
     pub fn forward(&self, tape: &Tape, images: &Tensor, training: bool) -> Result<Tensor> {
+        if training {
+            // The step about to run changes the weights and statistics.
+            self.forget_folded();
+            self.forward_with(&self.plan, tape, images, true)
+        } else {
+            self.forward_with(&self.inference_plan, tape, images, false)
+        }
+    }
+
+    /// `forward` along the given plan (tests compare the two plans).
+    pub fn forward_with(
+        &self,
+        plan: &Plan,
+        tape: &Tape,
+        images: &Tensor,
+        training: bool,
+    ) -> Result<Tensor> {
         let n = images.shape()[0];
         ensure!(
             images.shape() == [n, SIDE, SIDE, 1],
             "the model takes images [n, {SIDE}, {SIDE}, 1], got {:?}",
             images.shape()
         );
-        let mut out: Vec<Option<Tensor>> = vec![None; self.plan.steps.len()];
-        for (i, step) in self.plan.steps.iter().enumerate() {
+        let mut out: Vec<Option<Tensor>> = vec![None; plan.steps.len()];
+        for (i, step) in plan.steps.iter().enumerate() {
             let inputs: Vec<&Tensor> = step
                 .inputs
                 .iter()
                 .map(|&j| out[j].as_ref().expect("steps are in order"))
                 .collect();
             self.gpu.set_scope(&step.label, "forward");
-            let y = self.run_step(tape, &step.op, &inputs, images, training)?;
+            let y = self.run_step(tape, i, &step.op, &inputs, images, training)?;
             out[i] = Some(y);
             for &j in &step.last_use {
                 out[j] = None;
@@ -568,9 +596,41 @@ impl Model {
         }
     }
 
+    /// Drop the folded weights: the next inference folds them anew (call
+    /// after writing the parameters other than by a training step).
+    pub fn forget_folded(&self) {
+        self.folded.lock().unwrap().clear();
+    }
+
+    /// Step `i`'s convolution weights and bias with its batch norm folded
+    /// in, made once and kept until the weights change.
+    fn folded_weights(
+        &self,
+        i: usize,
+        [weight, bias]: [usize; 2],
+        fold: FoldedBn,
+    ) -> Result<(Tensor, Tensor)> {
+        let mut cache = self.folded.lock().unwrap();
+        if let Some(wb) = cache.get(&i) {
+            return Ok(wb.clone());
+        }
+        let p = |j: usize| &self.views[j];
+        let [gamma, beta, mean, var] = fold.params;
+        let bn = BnParams {
+            gamma: p(gamma),
+            beta: p(beta),
+            moving_mean: p(mean),
+            moving_var: p(var),
+        };
+        let wb = bn_fold::fold(&self.gpu, p(weight), p(bias), &bn, batchnorm::EPSILON)?;
+        cache.insert(i, wb.clone());
+        Ok(wb)
+    }
+
     fn run_step(
         &self,
         tape: &Tape,
+        index: usize,
         op: &StepOp,
         inputs: &[&Tensor],
         images: &Tensor,
@@ -587,11 +647,22 @@ impl Model {
                 crop,
                 weight,
                 bias,
+                folded,
             } => {
                 let (x, w) = (inputs[0], p(weight));
                 let conv = Conv2d::new(x.shape(), w.shape()[3], kernel, stride, padding)?
                     .cropped(crop[0], crop[1])?;
-                nn::conv2d_as(tape, conv, x, w, p(bias))?
+                match folded {
+                    None => nn::conv2d_as(tape, conv, x, w, p(bias))?,
+                    Some(fold) => {
+                        let (w, b) = self.folded_weights(index, [weight, bias], fold)?;
+                        if fold.relu {
+                            conv.forward_relu(&self.gpu, x, &w, &b)?
+                        } else {
+                            conv.forward(&self.gpu, x, &w, &b)?.0
+                        }
+                    }
+                }
             }
             StepOp::BatchNorm { params, relu } => {
                 let bn = BnParams {

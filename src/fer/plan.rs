@@ -5,7 +5,10 @@
 //!   pads instead;
 //! - a 1×1 convolution whose only reader is an unpadded max-pool computes only
 //!   the rows and columns the pool reads (`Conv2d::cropped`);
-//! - a batch norm whose only reader is a ReLU runs fused with it.
+//! - a batch norm whose only reader is a ReLU runs fused with it;
+//! - at inference (`Plan::inference`), a batch norm whose input is a
+//!   convolution that nothing else reads is folded into that convolution's
+//!   weights and bias, and the ReLU after it into the product's epilogue.
 //!
 //! `Model::forward` runs the plan (and so the training step records it on the
 //! tape), `wgfer bench` profiles that run, and anything that needs the model's
@@ -33,6 +36,8 @@ pub enum StepOp {
         crop: [usize; 2],
         weight: usize,
         bias: usize,
+        /// The batch norm folded into this convolution (inference plans).
+        folded: Option<FoldedBn>,
     },
     /// gamma, beta, moving mean, moving variance.
     BatchNorm {
@@ -54,6 +59,15 @@ pub enum StepOp {
         weight: usize,
         bias: usize,
     },
+}
+
+/// A batch norm on its moving statistics folded into the convolution before
+/// it, and whether the ReLU after it runs in the product's epilogue.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct FoldedBn {
+    /// gamma, beta, moving mean, moving variance.
+    pub params: [usize; 4],
+    pub relu: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -102,6 +116,34 @@ impl Plan {
         }
         Plan { steps }
     }
+
+    /// The plan for inference: `of`'s, with every batch norm whose input is
+    /// a convolution read by nothing else folded into it (batch norms after a
+    /// max-pool stay: folding through the pool needs positive scales).
+    pub fn inference(arch: &Architecture) -> Plan {
+        let mut plan = Plan::of(arch);
+        for i in 0..plan.steps.len() {
+            let StepOp::BatchNorm { params, relu } = plan.steps[i].op else {
+                continue;
+            };
+            let [conv] = plan.steps[i].inputs[..] else {
+                continue;
+            };
+            let only_reader = plan
+                .steps
+                .iter()
+                .filter(|s| s.inputs.contains(&conv))
+                .count()
+                == 1;
+            let step = &mut plan.steps[conv];
+            if let (StepOp::Conv { folded, .. }, true) = (&mut step.op, only_reader) {
+                *folded = Some(FoldedBn { params, relu });
+                step.label = Arc::from(format!("{} {}", op_name(&step.op), step.layer));
+                plan.steps[i].op = StepOp::Alias;
+            }
+        }
+        plan
+    }
 }
 
 fn step_op(arch: &Architecture, i: usize) -> StepOp {
@@ -121,6 +163,7 @@ fn step_op(arch: &Architecture, i: usize) -> StepOp {
             crop: conv_output_used(arch, i),
             weight: layer.params[0],
             bias: layer.params[1],
+            folded: None,
         },
         Op::BatchNorm => StepOp::BatchNorm {
             params: [
@@ -154,7 +197,15 @@ fn op_name(op: &StepOp) -> &'static str {
     match op {
         StepOp::Input => "input",
         StepOp::Alias => "alias",
-        StepOp::Conv { .. } => "conv2d",
+        StepOp::Conv { folded: None, .. } => "conv2d",
+        StepOp::Conv {
+            folded: Some(FoldedBn { relu: false, .. }),
+            ..
+        } => "conv2d+bn",
+        StepOp::Conv {
+            folded: Some(FoldedBn { relu: true, .. }),
+            ..
+        } => "conv2d+bn+relu",
         StepOp::BatchNorm { relu: true, .. } => "batchnorm+relu",
         StepOp::BatchNorm { relu: false, .. } => "batchnorm",
         StepOp::Relu => "relu",
@@ -256,6 +307,51 @@ mod tests {
             fused + 1,
             "each fused ReLU and the padding are aliases"
         );
+    }
+
+    #[test]
+    fn the_inference_plan_folds_batch_norms_into_the_convolutions_before_them() {
+        let arch = Architecture::resnet(5);
+        let (train, infer) = (Plan::of(&arch), Plan::inference(&arch));
+        let step = |name: &str| infer.steps.iter().find(|s| s.layer == name).unwrap();
+        let folded = |name: &str| match step(name).op {
+            StepOp::Conv { folded, .. } => folded,
+            ref op => panic!("{name} is {op:?}"),
+        };
+        // conv1 → bn_conv1 → ReLU: both folded, the ReLU into the epilogue.
+        assert!(matches!(folded("conv1"), Some(FoldedBn { relu: true, .. })));
+        assert_eq!(step("bn_conv1").op, StepOp::Alias);
+        assert_eq!(&*step("conv1").label, "conv2d+bn+relu conv1");
+        // Before an Add: folded without the ReLU.
+        assert!(matches!(
+            folded("res_2_conv_c"),
+            Some(FoldedBn { relu: false, .. })
+        ));
+        // A 1×1 conv → max-pool → batch norm: not folded.
+        assert_eq!(folded("res_2_conv_a"), None);
+        assert!(matches!(step("bn_2_conv_a").op, StepOp::BatchNorm { .. }));
+        // Every other step is unchanged.
+        let bns = |p: &Plan| {
+            p.steps
+                .iter()
+                .filter(|s| matches!(s.op, StepOp::BatchNorm { .. }))
+                .count()
+        };
+        let folds = infer
+            .steps
+            .iter()
+            .filter(|s| {
+                matches!(
+                    s.op,
+                    StepOp::Conv {
+                        folded: Some(_),
+                        ..
+                    }
+                )
+            })
+            .count();
+        assert_eq!(bns(&train), bns(&infer) + folds);
+        assert_eq!(folds, 17, "conv1 and eight convolutions per stage");
     }
 
     #[test]

@@ -255,6 +255,23 @@ impl Conv2d {
         w: &Tensor,
         b: &Tensor,
     ) -> Result<(Tensor, Tensor)> {
+        self.forward_then(gpu, x, w, b, false)
+    }
+
+    /// max(conv(x, w) + b, 0) in one pass (the product's epilogue applies the
+    /// ReLU): for inference, where no gradient needs the pre-ReLU values.
+    pub fn forward_relu(&self, gpu: &Gpu, x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
+        Ok(self.forward_then(gpu, x, w, b, true)?.0)
+    }
+
+    fn forward_then(
+        &self,
+        gpu: &Gpu,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        relu: bool,
+    ) -> Result<(Tensor, Tensor)> {
         ensure!(
             w.shape() == self.weight_shape(),
             "conv2d: kernel {:?}, expected {:?}",
@@ -265,6 +282,7 @@ impl Conv2d {
         let y = gpu.empty(&self.output_shape())?;
         let g = Gemm {
             a_padded: true,
+            relu,
             ..Gemm::new(self.m(), self.cout, self.k(), Strides::rows(self.ld()))
         };
         g.run(gpu, &cols, w, Some(b), &y)?;

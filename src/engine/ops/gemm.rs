@@ -87,6 +87,8 @@ pub struct Gemm {
     /// Row-major A whose columns from k up to its row stride are zeros (im2col
     /// pads them), so a kernel may read A in whole vec4s.
     pub a_padded: bool,
+    /// Write max(c, 0): a ReLU after the product (and bias) in the same pass.
+    pub relu: bool,
 }
 
 #[repr(C)]
@@ -128,6 +130,7 @@ impl Gemm {
             a,
             accumulate: false,
             a_padded: false,
+            relu: false,
         }
     }
 
@@ -152,7 +155,7 @@ impl Gemm {
         }
     }
 
-    /// Encode `c = a·b (+ bias) (+ c if accumulate)`.
+    /// Encode `c = a·b (+ bias) (+ c if accumulate)`, then max(c, 0) if `relu`.
     pub fn run(
         &self,
         gpu: &Gpu,
@@ -233,7 +236,9 @@ impl Gemm {
                 n: n as u32,
                 k: k as u32,
                 lda: if rows_layout { s.row } else { s.col } as u32,
-                flags: bias.is_some() as u32 | (b_sums.is_some() as u32) << 1,
+                flags: bias.is_some() as u32
+                    | (b_sums.is_some() as u32) << 1
+                    | (self.relu as u32) << 2,
                 col_blocks: col_blocks as u32,
                 tiles: tiles as u32,
                 pad: 0,
@@ -268,7 +273,7 @@ impl Gemm {
             a_rs: s.row as u32,
             a_cs: s.col as u32,
             ldc: n as u32,
-            flags: bias.is_some() as u32 | (accumulate as u32) << 1,
+            flags: bias.is_some() as u32 | (accumulate as u32) << 1 | (self.relu as u32) << 2,
             col_blocks: col_blocks as u32,
             tiles: tiles as u32,
             pad: [0; 2],
@@ -297,6 +302,9 @@ pub fn cpu(g: &Gemm, a: &[f32], b: &[f32], bias: Option<&[f32]>, c: &mut [f32]) 
             }
             if g.accumulate {
                 s += c[i * g.n + j] as f64;
+            }
+            if g.relu {
+                s = s.max(0.0);
             }
             c[i * g.n + j] = s as f32;
         }

@@ -67,7 +67,7 @@ fn header(out: &mut String, SubgroupTile { lanes: l, rows: r }: SubgroupTile) {
     let (cols, bits, last) = (4 * l, 32 * l, r - 1);
     emit!(
         out,
-        "// C[i, j] = sum_p A(i, p) * B[p, j]  (+ bias[j]), for adapters whose subgroups
+        "// C[i, j] = sum_p A(i, p) * B[p, j]  (+ bias[j]) (then max(·, 0)), for adapters whose subgroups
 // are {l} lanes wide (lavapipe's are 8 on AVX2). See gemm.wgsl for the general kernel.
 //
 // Why this shape (benches/NOTES.md has the measurements): llvmpipe runs the {l}
@@ -89,7 +89,7 @@ fn header(out: &mut String, SubgroupTile { lanes: l, rows: r }: SubgroupTile) {
 
 struct Params {{
   m: u32, n: u32, k: u32, lda: u32,
-  flags: u32, col_blocks: u32, tiles: u32, pad: u32,  // flags: 1 = add bias, 2 = sum B's columns
+  flags: u32, col_blocks: u32, tiles: u32, pad: u32,  // flags: 1 = add bias, 2 = sum B's columns, 4 = ReLU
 }}
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -108,6 +108,7 @@ fn store(row: u32, col4: u32, s: vec4<f32>) {{
   if (row < p.m) {{
     var v = s;
     if ((p.flags & 1u) != 0u) {{ v += bias[col4]; }}
+    if ((p.flags & 4u) != 0u) {{ v = max(v, vec4<f32>()); }}
     c[row * (p.n / 4u) + col4] = v;
   }}
 }}

@@ -4,6 +4,7 @@
 
 pub mod adam;
 pub mod batchnorm;
+pub mod bn_fold;
 pub mod conv2d;
 pub mod dense;
 pub mod elementwise;
