@@ -971,7 +971,7 @@ fn bn_fold_matches_its_reference() {
 
 /// The ReLU epilogue of both gemm kernels (the subgroup one where the
 /// adapter has it, the portable one everywhere), with a bias, and through a
-/// convolution (`Conv2d::forward_relu`).
+/// convolution (`Conv2d::infer`).
 #[test]
 fn gemm_and_conv_with_the_relu_epilogue() {
     let mut rng = rng();
@@ -1013,15 +1013,71 @@ fn gemm_and_conv_with_the_relu_epilogue() {
             random(&mut rng, 12),
         );
         let y = c
-            .forward_relu(
+            .infer(
                 &gpu,
                 &upload(&gpu, &[2, 5, 5, 8], &x),
                 &upload(&gpu, &c.weight_shape(), &w),
                 &upload(&gpu, &[12], &b),
+                true,
             )
             .unwrap();
         let want =
             elementwise::cpu::relu(&conv2d::cpu::forward(&c, &f64s(&x), &f64s(&w), &f64s(&b)));
         check(&format!("conv2d+relu {choice:?}"), &read(&gpu, &y), &want);
+    }
+}
+
+/// `Conv2d::infer` (inference: bias, optional ReLU, no im2col matrix kept)
+/// on every convolution case, cropped ones included, against the CPU
+/// reference. Where the adapter has subgroups of 8 or 16 lanes the shapes
+/// with vec4s of channels run the implicit-im2col kernel (counted), the
+/// others im2col and the product; with portable kernels, always the latter.
+#[test]
+fn conv2d_inference_with_and_without_im2col() {
+    let mut rng = rng();
+    for choice in [Kernels::Fastest, Kernels::Portable] {
+        let gpu = Gpu::with_kernels(None, choice).unwrap();
+        gpu.set_poison_outputs(true);
+        let mut implicit_shapes = 0;
+        for (input, cout, k, stride, padding) in conv_cases() {
+            let full = Conv2d::new(&input, cout, [k, k], stride, padding).unwrap();
+            let cropped = full.cropped(full.oh.div_ceil(2), full.ow).unwrap();
+            for (c, relu) in [(full, false), (full, true), (cropped, true)] {
+                let x = random(&mut rng, input.iter().product());
+                let w = random(&mut rng, c.k() * cout);
+                let b = random(&mut rng, cout);
+                let y = c
+                    .infer(
+                        &gpu,
+                        &upload(&gpu, &input, &x),
+                        &upload(&gpu, &c.weight_shape(), &w),
+                        &upload(&gpu, &[cout], &b),
+                        relu,
+                    )
+                    .unwrap();
+                let mut want = conv2d::cpu::forward(&c, &f64s(&x), &f64s(&w), &f64s(&b));
+                if relu {
+                    want = elementwise::cpu::relu(&want);
+                }
+                let what = format!("infer {choice:?} {c:?} relu={relu}");
+                check(&what, &read(&gpu, &y), &want);
+                if input[3] % 4 == 0 && cout % 4 == 0 && !c.is_pointwise() {
+                    implicit_shapes += 1;
+                }
+            }
+        }
+        let ran =
+            gpu.dispatches_of(conv2d::IMPLICIT_SG8) + gpu.dispatches_of(conv2d::IMPLICIT_SG16);
+        let expected = match (choice, gpu.fixed_subgroup_size()) {
+            (Kernels::Fastest, Some(8 | 16)) => implicit_shapes,
+            _ => 0,
+        };
+        assert!(implicit_shapes > 10);
+        assert_eq!(
+            ran,
+            expected,
+            "implicit-im2col dispatches with {choice:?} on {}",
+            gpu.adapter()
+        );
     }
 }

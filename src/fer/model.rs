@@ -653,14 +653,12 @@ impl Model {
                 let conv = Conv2d::new(x.shape(), w.shape()[3], kernel, stride, padding)?
                     .cropped(crop[0], crop[1])?;
                 match folded {
-                    None => nn::conv2d_as(tape, conv, x, w, p(bias))?,
+                    _ if training => nn::conv2d_as(tape, conv, x, w, p(bias))?,
+                    // Inference needs no gradients: nothing on the tape.
+                    None => conv.infer(&self.gpu, x, w, p(bias), false)?,
                     Some(fold) => {
                         let (w, b) = self.folded_weights(index, [weight, bias], fold)?;
-                        if fold.relu {
-                            conv.forward_relu(&self.gpu, x, &w, &b)?
-                        } else {
-                            conv.forward(&self.gpu, x, &w, &b)?.0
-                        }
+                        conv.infer(&self.gpu, x, &w, &b, fold.relu)?
                     }
                 }
             }

@@ -2,21 +2,73 @@
 //! (Keras' layout) and a bias, as a matrix product over im2col columns:
 //! `y[m, co] = Σ_k cols[m, k] · W[k, co] + b[co]`, m = (n, oy, ox), k = (ky, kx, ci).
 //! A 1×1, stride-1, unpadded convolution needs no im2col: x already is cols.
+//! At inference (`infer`), where no gradient needs cols, adapters with the
+//! subgroup kernels skip the im2col pass: the product reads x in place
+//! (`gemm_sg::conv_source`).
+
+use std::sync::LazyLock;
 
 use anyhow::{Result, bail, ensure};
 use bytemuck::{Pod, Zeroable};
 
 use crate::engine::ops::ShaderPair;
-use crate::engine::ops::gemm::{Gemm, Strides};
+use crate::engine::ops::gemm::{Gemm, SG8_TILE, SG16_TILE, Strides};
+use crate::engine::ops::gemm_sg::{self, SubgroupTile};
 use crate::engine::ops::reduce::column_sums;
 use crate::engine::ops::shader_pair;
-use crate::engine::{Gpu, Tensor};
+use crate::engine::{Gpu, Shader, Tensor};
 
 const SHADERS: ShaderPair = shader_pair!(
     "conv2d",
     "../../../shaders/common.wgsl",
     "../../../shaders/conv2d.wgsl"
 );
+
+/// The implicit-im2col kernels' names, by subgroup width.
+pub const IMPLICIT_SG8: &str = "conv_sg8";
+pub const IMPLICIT_SG16: &str = "conv_sg16";
+
+/// An implicit-im2col kernel, with the tile of the gemm kernel for the same
+/// subgroup width.
+struct ImplicitKernel {
+    name: &'static str,
+    tile: SubgroupTile,
+    source: LazyLock<String>,
+}
+
+static IMPLICIT: [ImplicitKernel; 2] = [
+    ImplicitKernel {
+        name: IMPLICIT_SG8,
+        tile: SG8_TILE,
+        source: LazyLock::new(|| gemm_sg::conv_source(SG8_TILE)),
+    },
+    ImplicitKernel {
+        name: IMPLICIT_SG16,
+        tile: SG16_TILE,
+        source: LazyLock::new(|| gemm_sg::conv_source(SG16_TILE)),
+    },
+];
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct ImplicitParams {
+    m: u32,
+    n: u32,
+    flags: u32,
+    col_blocks: u32,
+    tiles: u32,
+    h: u32,
+    w: u32,
+    cin4: u32,
+    oh: u32,
+    ow: u32,
+    kh: u32,
+    kw: u32,
+    stride: u32,
+    pad_top: u32,
+    pad_left: u32,
+    pad: u32,
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Padding {
@@ -258,10 +310,86 @@ impl Conv2d {
         self.forward_then(gpu, x, w, b, false)
     }
 
-    /// max(conv(x, w) + b, 0) in one pass (the product's epilogue applies the
-    /// ReLU): for inference, where no gradient needs the pre-ReLU values.
-    pub fn forward_relu(&self, gpu: &Gpu, x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
-        Ok(self.forward_then(gpu, x, w, b, true)?.0)
+    /// conv(x, w) + b, then max(·, 0) if `relu` (in the product's epilogue),
+    /// for inference: without the im2col matrix where the adapter has the
+    /// implicit-im2col kernel for this shape, else through it.
+    pub fn infer(
+        &self,
+        gpu: &Gpu,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        relu: bool,
+    ) -> Result<Tensor> {
+        match self.implicit_kernel(gpu) {
+            Some(kernel) => self.forward_implicit(gpu, kernel, [x, w, b], relu),
+            None => Ok(self.forward_then(gpu, x, w, b, relu)?.0),
+        }
+    }
+
+    /// The implicit-im2col kernel for this adapter and shape: subgroups of a
+    /// width it is written for, vec4s of channels in and out, and an
+    /// im2col to save (a pointwise convolution has none).
+    fn implicit_kernel(&self, gpu: &Gpu) -> Option<&'static ImplicitKernel> {
+        let lanes = gpu.fixed_subgroup_size()? as usize;
+        let shape_fits =
+            self.cin.is_multiple_of(4) && self.cout.is_multiple_of(4) && !self.is_pointwise();
+        IMPLICIT
+            .iter()
+            .find(|k| k.tile.lanes == lanes && shape_fits)
+    }
+
+    fn forward_implicit(
+        &self,
+        gpu: &Gpu,
+        &ImplicitKernel {
+            name,
+            tile,
+            ref source,
+        }: &'static ImplicitKernel,
+        [x, w, b]: [&Tensor; 3],
+        relu: bool,
+    ) -> Result<Tensor> {
+        ensure!(
+            x.shape() == [self.n, self.h, self.w, self.cin]
+                && w.shape() == self.weight_shape()
+                && b.len() == self.cout,
+            "conv2d: input {:?}, kernel {:?}, bias {:?} for {self:?}",
+            x.shape(),
+            w.shape(),
+            b.shape()
+        );
+        let y = gpu.empty(&self.output_shape())?;
+        let col_blocks = self.cout.div_ceil(tile.cols());
+        let tiles = self.m().div_ceil(tile.rows) * col_blocks;
+        let params = ImplicitParams {
+            m: self.m() as u32,
+            n: self.cout as u32,
+            flags: 1 | (relu as u32) << 2,
+            col_blocks: col_blocks as u32,
+            tiles: tiles as u32,
+            h: self.h as u32,
+            w: self.w as u32,
+            cin4: (self.cin / 4) as u32,
+            oh: self.oh as u32,
+            ow: self.ow as u32,
+            kh: self.kh as u32,
+            kw: self.kw as u32,
+            stride: self.stride as u32,
+            pad_top: self.pad_top as u32,
+            pad_left: self.pad_left as u32,
+            pad: 0,
+        };
+        let shader = Shader { name, source };
+        let kernel = gpu.kernel(&shader, "main", &[]);
+        gpu.note_flops(self.flops());
+        gpu.dispatch(
+            &kernel,
+            bytemuck::bytes_of(&params),
+            &[(1, x), (2, w), (3, b), (4, &y)],
+            tiles as u32,
+        )?;
+        Ok(y)
     }
 
     fn forward_then(

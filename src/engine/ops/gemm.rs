@@ -35,8 +35,8 @@ struct SubgroupKernel {
     source: LazyLock<String>,
 }
 
-const SG8_TILE: SubgroupTile = SubgroupTile::new(8, 24);
-const SG16_TILE: SubgroupTile = SubgroupTile::new(16, 16);
+pub(crate) const SG8_TILE: SubgroupTile = SubgroupTile::new(8, 24);
+pub(crate) const SG16_TILE: SubgroupTile = SubgroupTile::new(16, 16);
 
 static SUBGROUP_KERNELS: [SubgroupKernel; 2] = [
     SubgroupKernel {

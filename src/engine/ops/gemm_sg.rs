@@ -157,18 +157,126 @@ fn accumulate_rows_layout(out: &mut String, SubgroupTile { lanes, rows }: Subgro
         };
         emit!(out, "      let b{t} = b[{row} * n4 + col4];");
     }
+    rows_fmas(out, SubgroupTile { lanes, rows }, "      ");
+    emit!(out, "    }}");
+}
+
+/// The products of one step of 4 p's in the row layout: lane `l` of group
+/// `g` holds `a{g}` (4 p's of row `lanes·g + l`), every lane `b0..b3`.
+fn rows_fmas(out: &mut String, SubgroupTile { lanes, rows }: SubgroupTile, indent: &str) {
     for (t, comp) in COMPONENTS.iter().enumerate() {
         for j in 0..lanes {
-            for g in 0..groups {
+            for g in 0..rows / lanes {
                 emit!(
                     out,
-                    "      s{} += subgroupBroadcast(a{g}.{comp}, {j}u) * b{t};",
+                    "{indent}s{} += subgroupBroadcast(a{g}.{comp}, {j}u) * b{t};",
                     lanes * g + j
                 );
             }
         }
     }
+}
+
+/// The WGSL of a convolution as one subgroup product whose loads do the
+/// im2col: row i of A is output pixel (n, oy, ox), and the vec4 of A at
+/// p = 4q is four channels of one input pixel, read straight from the NHWC
+/// input (zeros where the tap falls in the padding). For inference, where
+/// no gradient needs the im2col matrix: it is never written.
+pub fn conv_source(tile: SubgroupTile) -> String {
+    let SubgroupTile { lanes: l, rows: r } = tile;
+    let mut out = String::new();
+    emit!(
+        out,
+        "// y[i, j] = sum_p x(i, p) * W[p, j] + bias[j] (then max(·, 0) with flag 4): a
+// convolution of NHWC x with kernels W [kh, kw, cin, cout], as the product of
+// gemm_sg{l} (its header in src/engine/ops/gemm_sg.rs explains the {r} × {cols}
+// tile per {l}-lane subgroup) with A = im2col(x) read in place: lane l of group
+// g owns output pixel i0 + {l}g + l and loads the vec4 of 4 channels of each
+// tap from x (cin % 4 == 0, cout % 4 == 0; checked by the host).
+// Written by src/engine/ops/gemm_sg.rs.
+
+struct Params {{
+  m: u32, n: u32, flags: u32, col_blocks: u32,  // flags: 1 = add bias, 4 = ReLU
+  tiles: u32, h: u32, w: u32, cin4: u32,
+  oh: u32, ow: u32, kh: u32, kw: u32,
+  stride: u32, pad_top: u32, pad_left: u32, pad: u32,
+}}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> b: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> bias: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read_write> c: array<vec4<f32>>;
+
+fn store(row: u32, col4: u32, s: vec4<f32>) {{
+  if (row < p.m) {{
+    var v = s;
+    if ((p.flags & 1u) != 0u) {{ v += bias[col4]; }}
+    if ((p.flags & 4u) != 0u) {{ v = max(v, vec4<f32>()); }}
+    c[row * (p.n / 4u) + col4] = v;
+  }}
+}}
+
+@compute @workgroup_size({l})
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(subgroup_invocation_id) lane: u32) {{
+  let tile = wg.x + wg.y * nwg.x;
+  if (tile >= p.tiles) {{ return; }}
+  let i0 = (tile / p.col_blocks) * {r}u;
+  let n4 = p.n / 4u;
+  let mine = (tile % p.col_blocks) * {l}u + lane;   // this lane's vec4 column
+  let col4 = min(mine, n4 - 1u);",
+        cols = 4 * l
+    );
+    for row in 0..r {
+        emit!(out, "  var s{row} = vec4<f32>();");
+    }
+    let groups = r / l;
+    for g in 0..groups {
+        emit!(out, "  let m{g} = min(i0 + {}u + lane, p.m - 1u);", l * g);
+        emit!(out, "  let ox{g} = m{g} % p.ow;");
+        emit!(out, "  let oy{g} = (m{g} / p.ow) % p.oh;");
+        emit!(out, "  let img{g} = m{g} / (p.ow * p.oh) * p.h;");
+        emit!(out, "  let iy{g} = i32(oy{g} * p.stride) - i32(p.pad_top);");
+        emit!(
+            out,
+            "  let ix{g} = i32(ox{g} * p.stride) - i32(p.pad_left);"
+        );
+    }
+    emit!(out, "  for (var ky = 0u; ky < p.kh; ky++) {{");
+    emit!(out, "    for (var kx = 0u; kx < p.kw; kx++) {{");
+    for g in 0..groups {
+        emit!(out, "      let y{g} = iy{g} + i32(ky);");
+        emit!(out, "      let x{g} = ix{g} + i32(kx);");
+        emit!(
+            out,
+            "      let inside{g} = y{g} >= 0 && y{g} < i32(p.h) && x{g} >= 0 && x{g} < i32(p.w);"
+        );
+        emit!(
+            out,
+            "      let px{g} = select(0u, ((img{g} + u32(y{g})) * p.w + u32(x{g})) * p.cin4, inside{g});"
+        );
+        emit!(out, "      let live{g} = select(0.0, 1.0, inside{g});");
+    }
+    emit!(out, "      let tap = (ky * p.kw + kx) * p.cin4;");
+    emit!(out, "      for (var q = 0u; q < p.cin4; q++) {{");
+    for g in 0..groups {
+        emit!(out, "        let a{g} = x[px{g} + q] * live{g};");
+    }
+    emit!(out, "        let k0 = (tap + q) * 4u;");
+    for t in 0..4 {
+        emit!(out, "        let b{t} = b[(k0 + {t}u) * n4 + col4];");
+    }
+    rows_fmas(&mut out, tile, "        ");
+    emit!(out, "      }}");
     emit!(out, "    }}");
+    emit!(out, "  }}");
+    emit!(out, "  if (mine >= n4) {{ return; }}");
+    for row in 0..r {
+        emit!(out, "  store(i0 + {row}u, col4, s{row});");
+    }
+    emit!(out, "}}");
+    out
 }
 
 /// Transposed A: lane `l` loads the `rows` values of row `k0 + l` as vec4s;
