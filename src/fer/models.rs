@@ -64,8 +64,9 @@ pub struct ResolvedModel {
 }
 
 impl ModelChoice {
-    /// A shipped model's name (any case), else the path of an existing file.
-    /// A name that is neither is refused with the list of shipped names.
+    /// A shipped model's name (any case), else the path of an existing file
+    /// (a file that is called like a model is given as `./fer5`). A name that
+    /// is neither is refused with the list of shipped names.
     pub fn parse(s: &str) -> Result<ModelChoice> {
         if let Some(m) = SHIPPED
             .iter()
@@ -242,8 +243,9 @@ mod tests {
             e.contains("'fer6' is neither a shipped model nor an existing file"),
             "{e}"
         );
+        assert!(e.contains("fer5 (the tutorial's 5 classes: anger,"), "{e}");
         assert!(
-            e.contains("fer5 (5 classes") && e.contains("fer7 (FER-2013's 7"),
+            e.contains("and fer7 (FER-2013's 7 classes, for photos: angry,"),
             "{e}"
         );
         let dir = std::env::temp_dir();
