@@ -671,8 +671,11 @@ fn json_of(o: &std::process::Output) -> serde_json::Value {
 fn predict_finds_the_faces_in_photos_and_draws_them() {
     let dir = temp_dir("predict-photos");
     let pics = dir.join("annotated");
+    // The 5-class model's names (the default for photos is fer7, tested below).
     let o = wgfer(&[
         "predict",
+        "--model",
+        "fer5",
         "--json",
         "--annotate",
         s(&pics),
@@ -701,6 +704,8 @@ fn predict_finds_the_faces_in_photos_and_draws_them() {
     // The table: one line per face, one for the picture without.
     let o = wgfer(&[
         "predict",
+        "--model",
+        "fer5",
         s(&photo("astronaut.jpg")),
         s(&photo("coffee.jpg")),
     ]);
@@ -755,13 +760,21 @@ fn a_fer_row_saved_as_a_png_is_classified_exactly_as_the_row() {
         .unwrap()
         .save(&first)
         .unwrap();
-    let o = wgfer(&["predict", "--json", s(&csv)]);
+    // One model for all three (by default a CSV would get fer5, a picture fer7).
+    let o = wgfer(&["predict", "--model", "fer5", "--json", s(&csv)]);
     assert!(o.status.success(), "{}", text(&o));
     let by_row = json_of(&o);
-    let o = wgfer(&["predict", "--json", s(&png)]);
+    let o = wgfer(&["predict", "--model", "fer5", "--json", s(&png)]);
     assert!(o.status.success(), "{}", text(&o));
     let fallback = json_of(&o);
-    let o = wgfer(&["predict", "--json", "--no-detect", s(&first)]);
+    let o = wgfer(&[
+        "predict",
+        "--model",
+        "fer5",
+        "--json",
+        "--no-detect",
+        s(&first),
+    ]);
     assert!(o.status.success(), "{}", text(&o));
     let whole = json_of(&o);
     for (answer, row) in [(&fallback[0], missed), (&whole[0], 0)] {
@@ -954,5 +967,195 @@ fn predict_walks_directories_reads_paths_from_stdin_and_streams_jsonl() {
     assert_eq!(one.as_array().unwrap().len(), 3);
     assert_eq!(one, answers("3"));
     fails_with(&["predict", "--threads", "0", s(&album)], "--threads");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The shipped 7-class model, which must be on disk (the lead commits it).
+fn fer7_on_disk() -> std::path::PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/fer7.safetensors");
+    assert!(
+        p.is_file(),
+        "THE 7-CLASS MODEL IS MISSING: {} not found (it is shipped beside fer5.safetensors)",
+        p.display()
+    );
+    p
+}
+
+const FER5_CLASSES: [&str; 5] = ["anger", "disgust", "sad", "happiness", "surprise"];
+const FER7_CLASSES: [&str; 7] = [
+    "angry", "disgust", "fear", "happy", "sad", "surprise", "neutral",
+];
+
+/// The model named by each answer and the class names of its first face.
+fn model_and_classes(o: &std::process::Output) -> (String, Vec<String>) {
+    assert!(o.status.success(), "{}", text(o));
+    let j = json_of(o);
+    let first = &j[0];
+    let classes = first["faces"][0]["probabilities"]
+        .as_object()
+        .unwrap_or_else(|| panic!("no face: {j}"))
+        .keys()
+        .cloned()
+        .collect();
+    (first["model"].as_str().unwrap_or("").to_string(), classes)
+}
+
+fn sorted(names: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn predict_uses_fer7_for_photos_and_model_chooses_another() {
+    fer7_on_disk();
+    let dir = temp_dir("predict-models");
+    let astronaut = photo("astronaut.jpg");
+    // serde_json's map sorts the keys: compare sorted names.
+    let o = wgfer(&["predict", "--json", s(&astronaut)]);
+    assert_eq!(
+        model_and_classes(&o),
+        ("fer7".into(), sorted(&FER7_CLASSES))
+    );
+    let o = wgfer(&["predict", "--model", "fer5", "--json", s(&astronaut)]);
+    assert_eq!(
+        model_and_classes(&o),
+        ("fer5".into(), sorted(&FER5_CLASSES))
+    );
+    // A file, by --model or by the older --weights, is named by its file name.
+    let mine = dir.join("mine.safetensors");
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("models/fer5.safetensors"),
+        &mine,
+    )
+    .unwrap();
+    for flag in ["--model", "--weights"] {
+        let o = wgfer(&["predict", flag, s(&mine), "--jsonl", s(&astronaut)]);
+        let line: serde_json::Value = serde_json::from_slice(&o.stdout)
+            .unwrap_or_else(|e| panic!("{flag}: not one JSON line ({e}): {}", text(&o)));
+        assert_eq!(line["model"], "mine.safetensors", "{flag}: {line}");
+    }
+    // The tutorial's CSV rows get the tutorial's model; Kaggle's layout fer7.
+    let (rows, _) = sample_rows(3);
+    let tutorial = dir.join("tutorial.csv");
+    std::fs::write(&tutorial, &rows).unwrap();
+    let o = wgfer(&["predict", "--json", s(&tutorial)]);
+    assert_eq!(
+        model_and_classes(&o),
+        ("fer5".into(), sorted(&FER5_CLASSES))
+    );
+    let kaggle = dir.join("kaggle.csv");
+    std::fs::write(&kaggle, kaggle_layout(&rows)).unwrap();
+    let o = wgfer(&["predict", "--json", s(&kaggle)]);
+    assert_eq!(
+        model_and_classes(&o),
+        ("fer7".into(), sorted(&FER7_CLASSES))
+    );
+    // WGFER_MODEL replaces the default, not the flag.
+    let with_env = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_wgfer"))
+            .args(args)
+            .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+            .env("WGFER_MODEL", "fer5")
+            .output()
+            .unwrap()
+    };
+    let o = with_env(&["predict", "--json", s(&astronaut)]);
+    assert_eq!(model_and_classes(&o).0, "fer5");
+    let o = with_env(&["predict", "--model", "fer7", "--json", s(&astronaut)]);
+    assert_eq!(model_and_classes(&o).0, "fer7");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The same rows with a Usage column (Kaggle's layout).
+fn kaggle_layout(csv: &str) -> String {
+    let mut lines = csv.lines();
+    let header = format!("{},Usage\n", lines.next().unwrap());
+    header
+        + &lines
+            .map(|l| format!("{l},PublicTest\n"))
+            .collect::<String>()
+}
+
+#[test]
+fn an_unknown_model_is_refused_with_the_shipped_names() {
+    let photo = photo("astronaut.jpg");
+    for cmd in [
+        &["predict", "--model", "fer6", s(&photo)][..],
+        &["eval", "--model", "fer6", "--data", s(&photo)],
+        &["serve", "--model", "fer6"],
+        &["export-web", "--model", "fer6", "out"],
+    ] {
+        fails_with(
+            cmd,
+            "'fer6' is neither a shipped model nor an existing file",
+        );
+        fails_with(cmd, "fer5 (the tutorial's 5 classes");
+        fails_with(cmd, "fer7 (FER-2013's 7 classes");
+    }
+    for cmd in ["predict", "eval", "serve", "export-web"] {
+        let help = text(&wgfer(&[cmd, "--help"]));
+        assert!(
+            help.contains("--model <NAME|FILE>")
+                && help.contains("`fer5`")
+                && help.contains("`fer7`"),
+            "{cmd} --help does not explain --model:\n{help}"
+        );
+    }
+}
+
+#[test]
+fn the_annotated_picture_names_the_model() {
+    fer7_on_disk();
+    let dir = temp_dir("predict-annotate-model");
+    let astronaut = photo("astronaut.jpg");
+    let corner = |model: &str| {
+        let out = dir.join(model);
+        let o = wgfer(&[
+            "predict",
+            "--model",
+            model,
+            "--annotate",
+            s(&out),
+            s(&astronaut),
+        ]);
+        assert!(o.status.success(), "{}", text(&o));
+        image::open(out.join("astronaut.png")).unwrap().to_rgb8()
+    };
+    let (fer5, fer7) = (corner("fer5"), corner("fer7"));
+    let (w, h) = fer7.dimensions();
+    // The caption's dark tag in the bottom-right corner, and the two names differ there.
+    assert_eq!(fer7.get_pixel(w - 1, h - 1), &wgfer::fer::annotate::FOOTER);
+    let caption = |img: &image::RgbImage| -> Vec<image::Rgb<u8>> {
+        (h - 20..h)
+            .flat_map(|y| (w - 80..w).map(move |x| (x, y)))
+            .map(|(x, y)| *img.get_pixel(x, y))
+            .collect()
+    };
+    assert_ne!(caption(&fer5), caption(&fer7));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn eval_takes_the_shipped_model_with_the_datas_classes() {
+    fer7_on_disk();
+    let dir = temp_dir("eval-models");
+    let (rows, _) = sample_rows(12);
+    let tutorial = dir.join("tutorial.csv");
+    std::fs::write(&tutorial, &rows).unwrap();
+    let kaggle = dir.join("kaggle.csv");
+    std::fs::write(&kaggle, kaggle_layout(&rows)).unwrap();
+    for (data, model, classes) in [(&tutorial, "fer5", 5), (&kaggle, "fer7", 7)] {
+        let o = wgfer(&["eval", "--data", s(data), "--json", "-q"]);
+        assert!(o.status.success(), "{}", text(&o));
+        let j = json_of(&o);
+        assert_eq!(j["model"], model, "{j}");
+        assert_eq!(j["confusion"].as_array().unwrap().len(), classes);
+    }
+    // A model of other classes than the data's is still refused.
+    fails_with(
+        &["eval", "--model", "fer7", "--data", s(&tutorial)],
+        "the weights have 7 classes",
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -10,11 +10,14 @@ use wgfer::fer::faces::{
     ImageFaces, analyze_image, collage, collage_jpeg,
 };
 use wgfer::fer::model::Model;
-use wgfer::fer::predict::{self, bench_photos, classify_images, predict_image_bytes};
+use wgfer::fer::models::{FER5, ModelChoice};
+use wgfer::fer::predict::{bench_photos, classify_images, predict_image_bytes};
 
+/// The shipped 5-class model (its classes are what these tests name).
 fn shipped_model() -> (Model, Vec<String>) {
     let gpu = Gpu::new(None).expect("tests need a GPU adapter (lavapipe will do)");
-    Model::load(&gpu, &predict::default_weights().unwrap()).expect("models/fer5.safetensors")
+    let fer5 = ModelChoice::named(FER5).unwrap().resolve().unwrap();
+    Model::load(&gpu, &fer5.path).expect("models/fer5.safetensors")
 }
 
 fn analyze(bytes: &[u8]) -> ImageFaces {

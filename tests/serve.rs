@@ -219,11 +219,12 @@ fn temp_dir(tag: &str) -> PathBuf {
     dir
 }
 
-/// Class → probability for each file, from `wgfer predict --json --no-detect`
-/// (these are whole 48x48 faces, classified whole by `?detect=false`).
+/// Class → probability for each file, from `wgfer predict --model fer5 --json
+/// --no-detect` (these are whole 48x48 faces, classified whole by
+/// `?detect=false`; servers compared with it are given `--model fer5` too).
 fn predict_cli(files: &[PathBuf]) -> Vec<serde_json::Map<String, Value>> {
     let out = Command::new(env!("CARGO_BIN_EXE_wgfer"))
-        .arg("predict")
+        .args(["predict", "--model", "fer5"])
         .arg("--json")
         .arg("--no-detect")
         .args(files)
@@ -291,7 +292,14 @@ fn answers_match_predict_and_concurrent_clients_each_get_their_own() {
     assert_ne!(want[0], want[1]);
 
     // A wide window so that the 32 requests surely meet in batches.
-    let mut server = Server::start(&["--max-batch", "16", "--max-wait-ms", "300"]);
+    let mut server = Server::start(&[
+        "--model",
+        "fer5",
+        "--max-batch",
+        "16",
+        "--max-wait-ms",
+        "300",
+    ]);
     let url = server.url("/predict?detect=false");
 
     // One at a time first: raw body, then the same as a multipart form.
@@ -375,7 +383,7 @@ fn answers_match_predict_and_concurrent_clients_each_get_their_own() {
 fn bad_inputs_get_their_status_and_the_server_lives_on() {
     let dir = temp_dir("bad");
     let png = face_pngs(1, &dir).remove(0).1;
-    let server = Server::start(&[]);
+    let server = Server::start(&["--model", "fer5"]);
     let url = server.url("/predict");
     let error_status = |(status, body): (u16, Value)| {
         assert!(
@@ -442,7 +450,7 @@ fn bad_inputs_get_their_status_and_the_server_lives_on() {
     let (status, health) = get(&server.url("/health"));
     assert_eq!(status, 200);
     assert_eq!(health["status"], "ok");
-    assert_eq!(health["model"], "fer5.safetensors");
+    assert_eq!(health["model"], "fer5");
     assert!(
         health["adapter"].as_str().is_some_and(|a| !a.is_empty()),
         "{health}"
@@ -527,7 +535,7 @@ fn sigterm_finishes_the_requests_in_flight_and_exits_zero() {
     let want = predict_cli(&files);
     // A 2-second batch window keeps the requests in flight when the signal
     // comes.
-    let mut server = Server::start(&["--quiet", "--max-wait-ms", "2000"]);
+    let mut server = Server::start(&["--model", "fer5", "--quiet", "--max-wait-ms", "2000"]);
     let url = server.url("/predict?detect=false");
     let clients: Vec<_> = faces
         .iter()
@@ -581,6 +589,9 @@ fn a_photo_gets_the_faces_and_probabilities_predict_gives() {
             got.get("input").is_none(),
             "an HTTP answer names no file: {got}"
         );
+        // Both use the model for photos by default, and say so.
+        assert_eq!(got["model"], "fer7", "{got}");
+        assert_eq!(want["model"], "fer7", "{want}");
         let (gf, wf) = (
             got["faces"].as_array().unwrap(),
             want["faces"].as_array().unwrap(),
@@ -651,6 +662,7 @@ fn the_browser_page_and_its_plans_are_served() {
     );
     let (status, manifest) = get(&format!("{}/manifest.json", server.base));
     assert_eq!(status, 200, "{manifest}");
+    assert_eq!(manifest["model"], "fer7", "the page names the model");
     let (status, _) = get(&format!("{}/no-such-file.js", server.base));
     assert_eq!(status, 404);
 }

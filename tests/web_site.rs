@@ -32,7 +32,7 @@ fn json(f: &SiteFile) -> serde_json::Value {
 fn the_site_has_the_page_the_plans_and_the_weights() {
     let model = portable_model();
     let names = default_class_names(5);
-    let files = web::site(&model, &names, &[2, 1, 2]).unwrap();
+    let files = web::site(&model, "mine.safetensors", &names, &[2, 1, 2]).unwrap();
     let paths: BTreeSet<&str> = files.iter().map(|f| f.path.as_str()).collect();
     let want = [
         "app.js",
@@ -64,6 +64,7 @@ fn the_site_has_the_page_the_plans_and_the_weights() {
 
     let manifest = json(file(&files, "manifest.json"));
     assert_eq!(manifest["format"], "wgfer-web-1");
+    assert_eq!(manifest["model"], "mine.safetensors");
     assert_eq!(manifest["classes"], serde_json::json!(names));
     assert_eq!(manifest["weights"], "weights.bin");
     let weights_len = file(&files, "weights.bin").bytes.len() as u64;
@@ -88,7 +89,7 @@ fn the_site_has_the_page_the_plans_and_the_weights() {
             .sum();
         assert_eq!(filled, weights_len, "the fills read the whole weights file");
     }
-    assert!(web::site(&model, &names, &[]).is_err());
+    assert!(web::site(&model, "mine.safetensors", &names, &[]).is_err());
 }
 
 #[test]
@@ -120,5 +121,10 @@ fn export_web_writes_the_site_to_a_folder() {
         !dir.join("plan-b32.json").exists(),
         "only the batch asked for"
     );
+    // The model for webcams and photos by default, named for the page.
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["model"], "fer7");
+    assert_eq!(manifest["classes"].as_array().unwrap().len(), 7);
     let _ = std::fs::remove_dir_all(&dir);
 }

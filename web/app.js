@@ -7,6 +7,7 @@
 //   ready      Promise, resolves once classify works (or the page has said why it cannot)
 //   backend    "webgpu", "server", or "none" (no WebGPU and no server: classify rejects)
 //   classes    class names, in the order of every probability array
+//   model      the model's name (`fer7`, `fer5`, or its weights file's name)
 //   adapter    the GPU adapter's name (webgpu) or a description of the backend
 //   classify(pixels)         Uint8Array of side×side gray values → Promise of probabilities
 //   classifyBatch(list)      array of such Uint8Arrays → Promise of arrays (uses the largest batch plan)
@@ -19,6 +20,7 @@ const $ = (id) => document.getElementById(id);
 const hook = {
   backend: null,
   classes: [],
+  model: '',
   adapter: '',
   side: 48,
   stats: { webcamFrames: 0, fps: 0, last: null },
@@ -67,6 +69,7 @@ async function startWebGpu(manifest) {
     return batched;
   };
   hook.classes = single.classes;
+  setModel(manifest.model);
   hook.side = single.plan.image_side;
   hook.classify = async (pixels) => (await runBatch(single, [pixels]))[0];
   hook.classifyBatch = async (list) => runBatch(list.length > 1 ? await batchPlayer() : single, list);
@@ -108,6 +111,7 @@ async function startServer(webgpuError, manifest) {
       'which can classify on the server instead.',
     );
     hook.classes = manifest?.classes ?? [];
+    setModel(manifest?.model);
     const fail = () => Promise.reject(new Error(`no backend: ${webgpuError.message}`));
     hook.classify = fail;
     hook.classifyBatch = fail;
@@ -116,6 +120,7 @@ async function startServer(webgpuError, manifest) {
   }
   showNotice(`No WebGPU here (${webgpuError.message}): faces are sent to the server to be classified.`);
   hook.classes = health.classes;
+  setModel(health.model);
   hook.classify = (pixels) => classifyOnServer(pixels);
   hook.classifyBatch = (list) => Promise.all(list.map(classifyOnServer));
   setBackend('server', `server: ${health.adapter ?? 'wgfer serve'}`);
@@ -417,6 +422,12 @@ function setBackend(backend, adapter) {
   badge.className = `badge ${backend}`;
   $('adapter').textContent = adapter;
   document.body.dataset.backend = backend;
+}
+
+/** Shows which model classifies (sites written before it was recorded have none). */
+function setModel(name) {
+  hook.model = name ?? '';
+  $('model').textContent = hook.model ? `model ${hook.model}` : '';
 }
 
 function showNotice(text) {

@@ -14,7 +14,7 @@ use wgfer::fer::{checkpoint, files, keras};
 /// the HDF5 model of `model.save('x.h5')` (Keras 2 and 3); Keras 2's `model.save_weights('x.h5')`.
 /// The layers are matched by the tutorial's layer names (conv1, bn_conv1, …, Dense_final), or by
 /// Keras' layer order where the file does not name them; a file of another model is refused,
-/// naming the layers that do not fit. `--weights` of eval and predict also takes these files
+/// naming the layers that do not fit. `--model` of eval, predict, serve and export-web also takes these files
 /// directly: converting once saves the conversion at every start and lets you name the classes.
 #[derive(clap::Args)]
 pub struct Args {
@@ -37,7 +37,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         bail!(
             "{origin}: not a Keras file (neither HDF5 nor a .keras zip archive){}",
             if checkpoint::peek(&bytes, &origin).is_ok() {
-                "; it is already a safetensors file, which --weights reads as it is"
+                "; it is already a safetensors file, which --model reads as it is"
             } else {
                 ""
             }

@@ -1,23 +1,27 @@
 //! `wgfer eval`: metrics of weights on labelled faces.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 
-use super::{Tta, class_count, open_gpu, whole};
+use super::{Tta, class_count, model_choice, open_gpu, whole};
 use wgfer::fer::data::{self, DataFingerprint, Dataset, LoadOptions, SplitName};
+use wgfer::fer::eval;
 use wgfer::fer::model::Model;
+use wgfer::fer::models::{self, ModelChoice, ResolvedModel};
 use wgfer::fer::provenance::TrainedOn;
 use wgfer::fer::train::{self, RunConfig};
-use wgfer::fer::{eval, predict};
 
 /// Evaluate weights on labelled faces: loss, accuracy, per-class precision / recall / F1, confusion matrix.
 #[derive(clap::Args)]
 pub struct Args {
-    /// Weights file (default: DIR/best.safetensors with --run, else the shipped models/fer5.safetensors).
-    #[arg(long, value_name = "FILE")]
-    weights: Option<PathBuf>,
+    /// The model: `fer5` (the tutorial's 5 classes), `fer7` (FER-2013's 7), or a weights
+    /// FILE. Default: DIR/best.safetensors with --run, else the shipped model with the data's
+    /// classes (fer5 for the tutorial's file, fer7 for Kaggle's layout); WGFER_MODEL replaces
+    /// that default.
+    #[arg(long, visible_alias = "weights", value_name = "NAME|FILE", value_parser = model_choice)]
+    model: Option<ModelChoice>,
     /// Labelled faces: a CSV, gzipped or not, or a tar(.gz) archive holding one.
     #[arg(long, value_name = "FILE", required_unless_present = "run")]
     data: Option<PathBuf>,
@@ -52,17 +56,18 @@ pub struct Args {
     adapter: Option<String>,
 }
 
-/// What to evaluate: the data, which part of it, how to read it, and the weights.
+/// What to evaluate: the data, which part of it, how to read it, and the weights
+/// (None: the shipped model with the data's classes, unless WGFER_MODEL says).
 struct Target {
     data: PathBuf,
     split: SplitName,
     seed: u64,
     opts: LoadOptions,
-    weights: PathBuf,
+    model: Option<ModelChoice>,
 }
 
 /// `--run DIR` takes the run's data, seed and best weights; otherwise the flags
-/// (and the shipped model) say it all.
+/// (and the data's classes) say it all.
 fn target(a: &Args) -> Result<Target> {
     if let Some(dir) = &a.run {
         let cfg = RunConfig::read(dir)?;
@@ -71,10 +76,11 @@ fn target(a: &Args) -> Result<Target> {
             split: a.split.unwrap_or(SplitName::Test),
             seed: cfg.seed,
             opts: cfg.load_options(),
-            weights: a
-                .weights
-                .clone()
-                .unwrap_or_else(|| dir.join("best.safetensors")),
+            model: Some(
+                a.model
+                    .clone()
+                    .unwrap_or_else(|| ModelChoice::File(dir.join("best.safetensors"))),
+            ),
         });
     }
     Ok(Target {
@@ -85,22 +91,23 @@ fn target(a: &Args) -> Result<Target> {
             skip_bad_rows: a.skip_bad_rows,
             ..LoadOptions::default()
         },
-        weights: match &a.weights {
-            Some(w) => w.clone(),
-            None => predict::default_weights()?,
-        },
+        model: a.model.clone(),
     })
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
     let t = target(&a)?;
-    if let Some(dir) = a.run.as_ref().filter(|_| a.weights.is_none()) {
+    if let Some(dir) = a.run.as_ref().filter(|_| a.model.is_none()) {
         check_an_epoch_finished(dir)?;
     }
+    let (mut ds, fingerprint) = load_data(&a, &t)?;
+    let weights = models::choose(t.model.as_ref(), || {
+        ModelChoice::with_classes(ds.num_classes)
+    })?;
     let gpu = open_gpu(a.adapter.as_deref())?;
-    let (model, class_names) = Model::load(&gpu, &t.weights)?;
-    let (ds, fingerprint) = load_data(&a, &t, &class_names)?;
-    let overlap = overlap_with_training(&t, &ds, &fingerprint)?;
+    let (model, class_names) = Model::load(&gpu, &weights.path)?;
+    match_classes(&a, &t, &weights, &mut ds, &class_names)?;
+    let overlap = overlap_with_training(&t, &weights.path, &ds, &fingerprint)?;
     let ds = data::select(ds, t.split, t.seed)?;
     if ds.is_empty() {
         bail!("no faces to evaluate in {}", t.data.display());
@@ -110,11 +117,13 @@ pub fn run(a: Args) -> Result<ExitCode> {
         let mut j = serde_json::to_value(e.to_json())?;
         // true / false, or null when the weights do not record their training data.
         j["overlaps_training"] = overlap.map(|o| o.is_some()).into();
+        j["model"] = weights.name.clone().into();
         println!("{j}");
     } else {
         println!(
-            "weights {}\ndata {} ({:?} split)   adapter {}\n{}",
-            t.weights.display(),
+            "model {} ({})\ndata {} ({:?} split)   adapter {}\n{}",
+            weights.name,
+            weights.path.display(),
             t.data.display(),
             t.split,
             gpu.adapter(),
@@ -131,7 +140,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
 
 /// `--run DIR` of a run stopped before its first epoch ended has no best weights yet: say
 /// so, and what to do, instead of "cannot read the weights file".
-fn check_an_epoch_finished(dir: &std::path::Path) -> Result<()> {
+fn check_an_epoch_finished(dir: &Path) -> Result<()> {
     let (best, last) = (dir.join("best.safetensors"), dir.join("last.safetensors"));
     if best.exists() || !dir.join("resume.safetensors").exists() {
         return Ok(());
@@ -144,7 +153,7 @@ fn check_an_epoch_finished(dir: &std::path::Path) -> Result<()> {
         dir.display(),
         if last.exists() {
             format!(
-                ", or evaluate its unfinished weights with `--weights {}`",
+                ", or evaluate its unfinished weights with `--model {}`",
                 last.display()
             )
         } else {
@@ -153,29 +162,42 @@ fn check_an_epoch_finished(dir: &std::path::Path) -> Result<()> {
     )
 }
 
-/// The data and its fingerprint, refused when its classes are not the weights'
-/// (unless `--classes` says they are).
-fn load_data(a: &Args, t: &Target, weights: &[String]) -> Result<(Dataset, DataFingerprint)> {
-    // The count declared by --classes, or by the run's own --classes with --run.
-    let declared = a.classes.or(t.opts.classes);
+/// The class count declared by --classes, or by the run's own --classes with --run.
+fn declared_classes(a: &Args, t: &Target) -> Option<usize> {
+    a.classes.or(t.opts.classes)
+}
+
+/// The data (its labels read as the declared class count, if any) and its fingerprint.
+fn load_data(a: &Args, t: &Target) -> Result<(Dataset, DataFingerprint)> {
     let opts = LoadOptions {
-        classes: declared,
+        classes: declared_classes(a, t),
         ..t.opts.clone()
     };
-    let (mut ds, fingerprint) = data::load_csv_fingerprinted(&t.data, &opts)?;
-    match declared {
-        Some(n) if n != weights.len() => bail!(
+    data::load_csv_fingerprinted(&t.data, &opts)
+}
+
+/// Refuse data whose classes are not the weights' (unless `--classes` says they
+/// are); then score over the weights' classes.
+fn match_classes(
+    a: &Args,
+    t: &Target,
+    weights: &ResolvedModel,
+    ds: &mut Dataset,
+    class_names: &[String],
+) -> Result<()> {
+    match declared_classes(a, t) {
+        Some(n) if n != class_names.len() => bail!(
             "--classes {n}, but the weights have {} classes ({})",
-            weights.len(),
-            weights.join(", ")
+            class_names.len(),
+            class_names.join(", ")
         ),
         Some(_) => {}
-        None => data::check_classes(weights, &ds)
-            .with_context(|| format!("{} and {}", t.weights.display(), t.data.display()))?,
+        None => data::check_classes(class_names, ds)
+            .with_context(|| format!("{} and {}", weights.path.display(), t.data.display()))?,
     }
     // Every label is below the weights' count now: score over the weights' classes.
-    ds.num_classes = weights.len();
-    Ok((ds, fingerprint))
+    ds.num_classes = class_names.len();
+    Ok(())
 }
 
 /// Whether the faces to score include the model's training faces: `Some(reason)` when
@@ -183,10 +205,11 @@ fn load_data(a: &Args, t: &Target, weights: &[String]) -> Result<(Dataset, DataF
 /// not record what they were trained on.
 fn overlap_with_training(
     t: &Target,
+    weights: &Path,
     ds: &Dataset,
     fingerprint: &DataFingerprint,
 ) -> Result<Option<Option<String>>> {
-    let Some(trained_on) = TrainedOn::read(&t.weights)? else {
+    let Some(trained_on) = TrainedOn::read(weights)? else {
         return Ok(None);
     };
     let overlap = trained_on.overlap(fingerprint, ds.len(), t.split, t.seed);
@@ -194,7 +217,7 @@ fn overlap_with_training(
         eprintln!(
             "warning: {} was trained on {}, and {why}: the scores are optimistic. Score its \
              held-out faces with {}",
-            t.weights.display(),
+            weights.display(),
             t.data.display(),
             trained_on.fix(ds.len())
         );

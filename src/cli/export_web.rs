@@ -5,10 +5,11 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 
-use super::quiet;
+use super::{model_choice, quiet};
 use wgfer::engine::{Gpu, Kernels};
 use wgfer::fer::model::Model;
-use wgfer::fer::{predict, web};
+use wgfer::fer::models::{self, FER7, ModelChoice};
+use wgfer::fer::web;
 
 /// Write the browser page (webcam and photo classification on the visitor's own GPU through
 /// WebGPU) to a folder that any static web server can serve.
@@ -17,9 +18,11 @@ pub struct Args {
     /// Folder to write the site to (created if missing; files of the same names are replaced).
     #[arg(value_name = "DIR")]
     dir: PathBuf,
-    /// Weights file (default: the shipped models/fer5.safetensors).
-    #[arg(long, value_name = "FILE")]
-    weights: Option<PathBuf>,
+    /// The model: `fer7` (FER-2013's 7 classes, neutral included: the default, made for
+    /// webcams and photos), `fer5` (the tutorial's 5 classes), or a weights FILE.
+    /// WGFER_MODEL replaces the default.
+    #[arg(long, visible_alias = "weights", value_name = "NAME|FILE", value_parser = model_choice)]
+    model: Option<ModelChoice>,
     /// Batch sizes to record the inference pass at (one plan file each).
     #[arg(long, value_name = "N,N", value_delimiter = ',', default_values_t = [1, 32])]
     batch: Vec<usize>,
@@ -29,18 +32,15 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
-    let weights = match a.weights {
-        Some(w) => w,
-        None => predict::default_weights()?,
-    };
+    let chosen = models::choose(a.model.as_ref(), || ModelChoice::named(FER7))?;
     // A browser may lack subgroups (and has its own widths): record the
     // kernels every adapter runs, whatever this one offers.
     let gpu = Gpu::with_kernels(a.adapter.as_deref(), Kernels::Portable)?;
     if let Some(notice) = gpu.software_notice().filter(|_| !quiet()) {
         eprintln!("{notice}");
     }
-    let (model, class_names) = Model::load(&gpu, &weights)?;
-    let files = web::site(&model, &class_names, &a.batch)?;
+    let (model, class_names) = Model::load(&gpu, &chosen.path)?;
+    let files = web::site(&model, &chosen.name, &class_names, &a.batch)?;
     std::fs::create_dir_all(&a.dir).with_context(|| format!("creating {}", a.dir.display()))?;
     let mut total = 0;
     for f in &files {
@@ -49,9 +49,11 @@ pub fn run(a: Args) -> Result<ExitCode> {
         total += f.bytes.len();
     }
     println!(
-        "wrote {} files ({:.1} MB) to {}; serve that folder with any static web server and open index.html",
+        "wrote {} files ({:.1} MB, model {}) to {}; serve that folder with any static web server and \
+         open index.html",
         files.len(),
         total as f64 / 1e6,
+        chosen.name,
         a.dir.display()
     );
     Ok(ExitCode::SUCCESS)

@@ -19,6 +19,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use wgfer::engine::Gpu;
+use wgfer::fer::models::ModelChoice;
 
 #[derive(Parser)]
 #[command(
@@ -94,6 +95,12 @@ pub fn open_gpu(adapter: Option<&str>) -> Result<Gpu> {
         eprintln!("{notice}");
     }
     Ok(gpu)
+}
+
+/// `--model NAME|FILE`: a shipped model's name or a weights file (refused at parse time
+/// with the shipped names when it is neither).
+pub fn model_choice(s: &str) -> Result<ModelChoice, String> {
+    ModelChoice::parse(s).map_err(|e| e.to_string())
 }
 
 // Parsers of numeric flags. Each flag that takes them also sets `allow_negative_numbers`,

@@ -8,10 +8,11 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::{Tta, open_gpu};
+use super::{Tta, model_choice, open_gpu};
 use wgfer::fer::annotate;
 use wgfer::fer::faces::AnalyzeOptions;
 use wgfer::fer::model::Model;
+use wgfer::fer::models::{self, ModelChoice};
 use wgfer::fer::predict::{self, Answer, Predictor};
 
 /// Find the faces in photos and classify the expression of each.
@@ -32,9 +33,11 @@ pub struct Args {
     /// or `-` to read paths from stdin, one per line.
     #[arg(required = true, value_name = "INPUT")]
     inputs: Vec<PathBuf>,
-    /// Weights file (default: the shipped models/fer5.safetensors).
-    #[arg(long, value_name = "FILE")]
-    weights: Option<PathBuf>,
+    /// The model: `fer7` (FER-2013's 7 classes, neutral included: the default, made for
+    /// photos), `fer5` (the tutorial's 5 classes: the default when every input is a CSV in
+    /// the tutorial's layout), or a weights FILE. WGFER_MODEL replaces the default.
+    #[arg(long, visible_alias = "weights", value_name = "NAME|FILE", value_parser = model_choice)]
+    model: Option<ModelChoice>,
     /// Test-time augmentation.
     #[arg(long, value_enum, default_value_t = Tta::None)]
     tta: Tta,
@@ -62,22 +65,20 @@ pub struct Args {
 const PROGRESS_FROM: usize = 5;
 
 pub fn run(a: Args) -> Result<ExitCode> {
-    let weights = match a.weights.clone() {
-        Some(w) => w,
-        None => predict::default_weights()?,
-    };
     let inputs = predict::expand_inputs(&a.inputs, std::io::stdin().lock())?;
     if inputs.is_empty() {
         bail!("no inputs: the directories hold no pictures and stdin gave no paths");
     }
+    let chosen = models::choose(a.model.as_ref(), || Ok(models::default_for_inputs(&inputs)))?;
     if let Some(dir) = &a.annotate {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create the --annotate directory {}", dir.display()))?;
     }
     let gpu = open_gpu(a.adapter.as_deref())?;
-    let (model, class_names) = Model::load(&gpu, &weights)?;
+    let (model, class_names) = Model::load(&gpu, &chosen.path)?;
     let predictor = Predictor {
         model: &model,
+        model_name: &chosen.name,
         class_names: &class_names,
         options: AnalyzeOptions {
             detect: !a.no_detect,
@@ -98,7 +99,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
             if let (Some(dir), Answer::Image(r), Some(picture)) =
                 (&a.annotate, answer, faces.and_then(|f| f.image.as_ref()))
             {
-                let drawn = annotate::annotate(picture, &r.faces, &class_names)?;
+                let drawn = annotate::annotate(picture, &r.faces, &class_names, &chosen.name)?;
                 annotate::save_png(&drawn, &out.annotated_path(dir, &r.input))?;
             }
             Ok(())

@@ -1,13 +1,12 @@
 //! `wgfer serve`: the model as an HTTP service.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Result;
 
-use super::open_gpu;
-use wgfer::fer::predict::default_weights;
+use super::{model_choice, open_gpu};
+use wgfer::fer::models::{self, FER7, ModelChoice};
 use wgfer::fer::serve::{self, BatchSettings, Config, Limits};
 
 /// Serve the model over HTTP: POST an image to /predict, get its faces'
@@ -25,9 +24,11 @@ pub struct Args {
     /// Port to listen on; 0 picks a free one (the address is printed on stderr).
     #[arg(long, default_value_t = 8080)]
     port: u16,
-    /// Weights file (default: the shipped models/fer5.safetensors).
-    #[arg(long, value_name = "FILE")]
-    weights: Option<PathBuf>,
+    /// The model: `fer7` (FER-2013's 7 classes, neutral included: the default, made for
+    /// photos), `fer5` (the tutorial's 5 classes), or a weights FILE. WGFER_MODEL replaces
+    /// the default.
+    #[arg(long, visible_alias = "weights", value_name = "NAME|FILE", value_parser = model_choice)]
+    model: Option<ModelChoice>,
     /// Most faces in one GPU inference (1: no batching).
     #[arg(long, value_name = "N", default_value_t = 32,
           value_parser = clap::value_parser!(u32).range(1..=1024))]
@@ -63,15 +64,12 @@ const QUEUE_FACES: usize = 4096;
 const GRACE: Duration = Duration::from_secs(5);
 
 pub fn run(a: Args) -> Result<ExitCode> {
-    let weights = match a.weights {
-        Some(w) => w,
-        None => default_weights()?,
-    };
+    let model = models::choose(a.model.as_ref(), || ModelChoice::named(FER7))?;
     let gpu = open_gpu(a.adapter.as_deref())?;
     let config = Config {
         host: a.host,
         port: a.port,
-        weights,
+        model,
         batch: BatchSettings {
             max_batch: a.max_batch as usize,
             max_wait: Duration::from_millis(a.max_wait_ms),

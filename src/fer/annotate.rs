@@ -1,7 +1,7 @@
 //! `predict --annotate`: the picture with each face's box and its top class
-//! and probability, a colour per class. Lines and letters scale with the
-//! picture, so the labels read the same on a 300-pixel thumbnail and on a
-//! 4,000-pixel photo.
+//! and probability, a colour per class, and the model's name in the
+//! bottom-right corner. Lines and letters scale with the picture, so the
+//! labels read the same on a 300-pixel thumbnail and on a 4,000-pixel photo.
 
 use std::path::Path;
 use std::sync::OnceLock;
@@ -26,6 +26,9 @@ const PALETTE: [[u8; 3]; 7] = [
     [120, 120, 120], // gray
 ];
 
+/// The model name's tag: dark gray, a colour no class has.
+pub const FOOTER: Rgb<u8> = Rgb([40, 40, 40]);
+
 /// The colour of a class, by its index among the model's classes.
 pub fn class_colour(index: usize) -> Rgb<u8> {
     Rgb(PALETTE[index % PALETTE.len()])
@@ -48,11 +51,12 @@ fn font() -> Result<&'static FontRef<'static>> {
         .ok_or_else(|| anyhow!("the embedded font (assets/DejaVuSans.ttf) could not be read"))
 }
 
-/// Draw every face's box and label on a copy of the picture.
+/// Draw every face's box and label, and `model`'s name, on a copy of the picture.
 pub fn annotate(
     picture: &RgbImage,
     faces: &[FaceReport],
     class_names: &[String],
+    model: &str,
 ) -> Result<RgbImage> {
     let font = font()?;
     let mut out = picture.clone();
@@ -69,6 +73,7 @@ pub fn annotate(
         let text = format!("{class} {:.0} %", 100.0 * p);
         label(&mut out, font, &text, face.bbox, size, colour);
     }
+    footer(&mut out, font, &format!("model: {model}"), size);
     Ok(out)
 }
 
@@ -116,17 +121,52 @@ fn label(
     size: f32,
     colour: Rgb<u8>,
 ) {
+    let (tag_w, tag_h) = tag_size(font, text, size);
+    let [bx, by, _, _] = bbox;
+    let x = bx.min(img.width().saturating_sub(tag_w));
+    let y = if by >= tag_h { by - tag_h } else { by };
+    draw_tag(img, font, text, (x, y), size, colour);
+}
+
+/// The model's name in the bottom-right corner, in letters smaller than the
+/// faces' labels (it is a caption, not a result).
+fn footer(img: &mut RgbImage, font: &FontRef<'static>, text: &str, label_size: f32) {
+    let size = (label_size * 0.6).max(11.0);
+    let (w, h) = tag_size(font, text, size);
+    let x = img.width().saturating_sub(w);
+    let y = img.height().saturating_sub(h);
+    draw_tag(img, font, text, (x, y), size, FOOTER);
+}
+
+/// Width and height of a tag holding `text` in letters `size` pixels high.
+fn tag_size(font: &FontRef<'static>, text: &str, size: f32) -> (u32, u32) {
     let scaled = font.as_scaled(PxScale::from(size));
     let width: f32 = text
         .chars()
         .map(|ch| scaled.h_advance(font.glyph_id(ch)))
         .sum();
-    let pad = (size * 0.2).ceil() as u32;
-    let tag_w = width.ceil() as u32 + 2 * pad;
+    let pad = tag_pad(size);
     let tag_h = (scaled.ascent() - scaled.descent()).ceil() as u32 + pad;
-    let [bx, by, _, _] = bbox;
-    let x = bx.min(img.width().saturating_sub(tag_w));
-    let y = if by >= tag_h { by - tag_h } else { by };
+    (width.ceil() as u32 + 2 * pad, tag_h)
+}
+
+fn tag_pad(size: f32) -> u32 {
+    (size * 0.2).ceil() as u32
+}
+
+/// A tag of `tag_size` at `(x, y)` filled with `colour`, its text in white
+/// (black on light colours).
+fn draw_tag(
+    img: &mut RgbImage,
+    font: &FontRef<'static>,
+    text: &str,
+    (x, y): (u32, u32),
+    size: f32,
+    colour: Rgb<u8>,
+) {
+    let scaled = font.as_scaled(PxScale::from(size));
+    let (tag_w, tag_h) = tag_size(font, text, size);
+    let pad = tag_pad(size);
     fill_rect(img, x, y, tag_w, tag_h, colour);
     let luma = 0.299 * colour[0] as f32 + 0.587 * colour[1] as f32 + 0.114 * colour[2] as f32;
     let ink = if luma > 150.0 {
@@ -187,7 +227,7 @@ mod tests {
             let blank = RgbImage::from_pixel(side, side * 3 / 4, Rgb([200, 200, 200]));
             let b = side / 4;
             let faces = [face([b, b, b, b], "anger"), face([2 * b, b, b, b], "sad")];
-            let out = annotate(&blank, &faces, &names).unwrap();
+            let out = annotate(&blank, &faces, &names, "fer7").unwrap();
             let (line, size) = sizes(out.width(), out.height());
             // Each box's outline, plus its label tag, in its class colour.
             for (i, f) in faces.iter().enumerate() {
@@ -215,9 +255,38 @@ mod tests {
     fn a_face_at_the_corner_keeps_its_label_inside() {
         let names = vec!["anger".to_string(), "sad".to_string()];
         let blank = RgbImage::from_pixel(120, 90, Rgb([0, 0, 0]));
-        let out = annotate(&blank, &[face([100, 0, 20, 20], "anger")], &names).unwrap();
+        let out = annotate(&blank, &[face([100, 0, 20, 20], "anger")], &names, "fer7").unwrap();
         // The tag moved left to fit: red pixels well left of the box.
         let red_left = (0..60).any(|x| out.get_pixel(x, 5) == &class_colour(0));
         assert!(red_left);
+    }
+
+    #[test]
+    fn the_model_is_named_in_the_bottom_right_corner() {
+        let names = vec!["anger".to_string(), "sad".to_string()];
+        let blank = RgbImage::from_pixel(400, 300, Rgb([200, 200, 200]));
+        let draw = |model: &str| annotate(&blank, &[], &names, model).unwrap();
+        let fer7 = draw("fer7");
+        // A dark tag in the corner, light letters on it, nothing elsewhere.
+        let background = Rgb([200, 200, 200]);
+        assert_eq!(fer7.get_pixel(399, 299), &FOOTER);
+        let tag = count(&fer7, FOOTER);
+        assert!(tag > 200, "{tag} tag pixels");
+        let letters = fer7
+            .enumerate_pixels()
+            .filter(|(_, _, p)| **p != background && p.0.iter().all(|&v| v > 120))
+            .map(|(x, y, _)| (x, y))
+            .collect::<Vec<_>>();
+        assert!(letters.len() > 20, "{} letter pixels", letters.len());
+        assert!(
+            letters.iter().all(|&(x, y)| x > 250 && y > 270),
+            "{letters:?}"
+        );
+        assert!(
+            fer7.enumerate_pixels()
+                .all(|(x, y, p)| (x > 250 && y > 270) || *p == background)
+        );
+        // The text is the name: another name draws other letters.
+        assert_ne!(fer7, draw("best.safetensors"));
     }
 }

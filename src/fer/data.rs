@@ -639,6 +639,24 @@ pub fn layout_classes(ds: &Dataset) -> usize {
     if ds.usage.is_some() { 7 } else { 5 }
 }
 
+/// The class count a file's layout implies ([`layout_classes`]), from its header alone:
+/// 7 when it has a Usage column, else 5. Cheap: no row is read.
+pub fn file_layout_classes(path: &Path) -> Result<usize> {
+    with_csv_stream(path, |reader, name| {
+        let mut rdr = csv::ReaderBuilder::new()
+            .has_headers(true)
+            .flexible(true)
+            .from_reader(reader);
+        let headers = rdr
+            .byte_headers()
+            .with_context(|| format!("{name}: cannot read the CSV header"))?;
+        let usage = headers
+            .iter()
+            .any(|h| h.trim_ascii().eq_ignore_ascii_case(b"usage"));
+        Ok(if usage { 7 } else { 5 })
+    })
+}
+
 /// Refuse weights whose classes are not the data's: the labels would be read as other
 /// expressions and the scores would be silently wrong (a 7-class model on the tutorial's
 /// 5-class file calls its "sad" rows "fear").

@@ -16,6 +16,7 @@ pub mod image_input;
 pub mod infer;
 pub mod keras;
 pub mod model;
+pub mod models;
 pub mod plan;
 pub mod predict;
 pub mod provenance;

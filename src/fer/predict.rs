@@ -26,28 +26,6 @@ use crate::fer::image_input::read_file;
 use crate::fer::infer;
 use crate::fer::model::Model;
 
-/// The shipped model, found beside the sources the binary was built from or
-/// beside the binary (`target/release/wgfer` → `models/`); `WGFER_MODEL` overrides.
-pub fn default_weights() -> Result<PathBuf> {
-    if let Ok(p) = std::env::var("WGFER_MODEL") {
-        return Ok(PathBuf::from(p));
-    }
-    let rel = Path::new("models").join("fer5.safetensors");
-    let mut candidates = vec![Path::new(env!("CARGO_MANIFEST_DIR")).join(&rel)];
-    if let Ok(exe) = std::env::current_exe() {
-        candidates.extend(exe.ancestors().skip(1).map(|d| d.join(&rel)));
-    }
-    candidates.push(rel.clone());
-    match candidates.iter().find(|p| p.exists()) {
-        Some(p) => Ok(p.clone()),
-        None => bail!(
-            "no --weights given and the shipped model {} was not found (looked beside the sources and the binary); \
-             pass --weights FILE or set WGFER_MODEL",
-            rel.display()
-        ),
-    }
-}
-
 // ---------------------------------------------------------------------------
 // What is printed (JSON by serde; the table from the same structs).
 
@@ -101,6 +79,10 @@ pub struct ImageReport {
     /// The file (absent in an HTTP answer, which has no file).
     #[serde(skip_serializing_if = "String::is_empty")]
     pub input: String,
+    /// The model that classified the faces: `fer5`, `fer7`, or its file's
+    /// name (absent when the caller gave none: `predict_image_bytes`).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub model: String,
     pub width: u32,
     pub height: u32,
     /// Largest first; empty when no face was found.
@@ -208,15 +190,18 @@ pub fn classify_images(
         .collect())
 }
 
-/// The printed object for a picture whose faces were classified.
+/// The printed object for a picture whose faces were classified by the
+/// model called `model`.
 pub fn image_report(
     input: &str,
+    model: &str,
     image: &ImageFaces,
     probs: &[Vec<f32>],
     class_names: &[String],
 ) -> ImageReport {
     ImageReport {
         input: input.to_string(),
+        model: model.to_string(),
         width: image.width,
         height: image.height,
         faces: image
@@ -245,9 +230,10 @@ fn face_report(face: &FoundFace, probs: &[f32], class_names: &[String]) -> FaceR
     }
 }
 
-/// One picture's bytes to its printed object: decode, detect, crop, classify.
-/// This is the call for an HTTP handler; a batch of files goes through
-/// `Predictor::run` instead, which shares GPU batches between pictures.
+/// One picture's bytes to its printed object: decode, detect, crop, classify
+/// (the object names no model: `image_report` does, given one). A batch of
+/// files goes through `Predictor::run` instead, which shares GPU batches
+/// between pictures.
 pub fn predict_image_bytes(
     input: &str,
     bytes: &[u8],
@@ -259,7 +245,7 @@ pub fn predict_image_bytes(
 ) -> Result<ImageReport> {
     let image = analyze_image(bytes, detector, opts)?;
     let probs = classify_images(model, &[&image], tta_flip)?;
-    Ok(image_report(input, &image, &probs[0], class_names))
+    Ok(image_report(input, "", &image, &probs[0], class_names))
 }
 
 // ---------------------------------------------------------------------------
@@ -338,6 +324,8 @@ const CHUNK_KEPT_PIXELS: u64 = 48_000_000;
 /// Runs `predict` over many inputs.
 pub struct Predictor<'a> {
     pub model: &'a Model,
+    /// What the answers call the model (`fer7`, or its file's name).
+    pub model_name: &'a str,
     pub class_names: &'a [String],
     pub options: AnalyzeOptions,
     pub tta_flip: bool,
@@ -483,7 +471,8 @@ impl Predictor<'_> {
             match p.faces {
                 Ok(image) => {
                     let probs = probs.next().unwrap_or_default();
-                    let report = image_report(&p.input, &image, &probs, self.class_names);
+                    let report =
+                        image_report(&p.input, self.model_name, &image, &probs, self.class_names);
                     summary.faces += report.faces.len();
                     summary.without_face += report.faces.is_empty() as usize;
                     emit(&Answer::Image(report), Some(&image))?;

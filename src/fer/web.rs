@@ -48,6 +48,8 @@ const ASSETS: &[(&str, &str, &str)] = &[
 #[derive(Serialize)]
 struct Manifest<'a> {
     format: &'static str,
+    /// The model's name (`fer7`, or its weights file's name), for the page to show.
+    model: &'a str,
     classes: &'a [String],
     /// Batch size → plan file.
     plans: Vec<PlanEntry>,
@@ -65,10 +67,16 @@ pub fn plan_file(batch: usize) -> String {
     format!("plan-b{batch}.json")
 }
 
-/// Every file of the site for `model`, with one recorded plan per batch size.
-/// The model's Gpu must use kernels a browser can run (no subgroups): a plan
-/// that needs more is refused with the reason.
-pub fn site(model: &Model, class_names: &[String], batches: &[usize]) -> Result<Vec<SiteFile>> {
+/// Every file of the site for `model` (called `model_name` on the page), with
+/// one recorded plan per batch size. The model's Gpu must use kernels a
+/// browser can run (no subgroups): a plan that needs more is refused with the
+/// reason.
+pub fn site(
+    model: &Model,
+    model_name: &str,
+    class_names: &[String],
+    batches: &[usize],
+) -> Result<Vec<SiteFile>> {
     ensure!(!batches.is_empty(), "give at least one batch size");
     let mut batches = batches.to_vec();
     batches.sort_unstable();
@@ -101,6 +109,7 @@ pub fn site(model: &Model, class_names: &[String], batches: &[usize]) -> Result<
     });
     let manifest = Manifest {
         format: FORMAT,
+        model: model_name,
         classes: class_names,
         plans,
         weights: "weights.bin",

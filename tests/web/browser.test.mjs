@@ -9,7 +9,7 @@ import path from 'node:path';
 import { after, before, test } from 'node:test';
 import { chromium } from 'playwright-core';
 
-import { assertAgree, expected, faces, serveSite } from './common.mjs';
+import { assertAgree, expected, faces, readJson, serveSite } from './common.mjs';
 
 const executablePath = process.env.CHROMIUM ?? '/usr/lib/chromium/chromium';
 const BASE_FLAGS = [
@@ -65,10 +65,15 @@ test('with WebGPU: the page classifies as wgfer predict does, live from the webc
   const { browser, page, log } = await openPage(true);
   try {
     const state = await page.evaluate(() => ({
-      backend: wgfer.backend, classes: wgfer.classes, adapter: wgfer.adapter,
+      backend: wgfer.backend, classes: wgfer.classes, adapter: wgfer.adapter, model: wgfer.model,
     }));
     assert.equal(state.backend, 'webgpu', `backend; console: ${log.join(' | ')}`);
     t.diagnostic(`adapter: ${state.adapter}`);
+    // The page names the model the site was written with.
+    const { model } = readJson('manifest.json');
+    assert.ok(model, 'manifest.json names the model');
+    assert.equal(state.model, model);
+    assert.equal(await page.textContent('#model'), `model ${model}`);
 
     const list = faces().map((f) => Array.from(f));
     assert.ok(list.length >= 20);

@@ -19,7 +19,6 @@ pub use batcher::{BatchSettings, Batcher};
 pub use routes::{Limits, ModelInfo};
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,13 +34,15 @@ use crate::engine::{Gpu, Kernels};
 use crate::fer::image_input::FACE_PIXELS;
 use crate::fer::infer;
 use crate::fer::model::Model;
+use crate::fer::models::ResolvedModel;
 use crate::fer::web::{self, SiteFile};
 
 /// Everything `wgfer serve` is told.
 pub struct Config {
     pub host: String,
     pub port: u16,
-    pub weights: PathBuf,
+    /// The weights and the name `/health`, `/predict` and the page give them.
+    pub model: ResolvedModel,
     pub batch: BatchSettings,
     pub limits: Limits,
     /// How long in-flight requests get to finish after SIGINT/SIGTERM.
@@ -52,13 +53,10 @@ pub struct Config {
 /// Load the model, listen, serve until SIGINT or SIGTERM, then finish the
 /// requests in flight (for at most `config.grace`) and return.
 pub fn run(gpu: &Gpu, config: Config) -> Result<()> {
-    let (model, classes) = Model::load(gpu, &config.weights)?;
+    let (model, classes) = Model::load(gpu, &config.model.path)?;
     let info = ModelInfo {
         adapter: gpu.adapter().to_string(),
-        model: config.weights.file_name().map_or_else(
-            || config.weights.display().to_string(),
-            |n| n.to_string_lossy().into_owned(),
-        ),
+        model: config.model.name.clone(),
         classes,
     };
     // The first inference builds the GPU pipelines: do it now, not in the
@@ -68,7 +66,7 @@ pub fn run(gpu: &Gpu, config: Config) -> Result<()> {
     let batcher = Batcher::start(config.batch, move |pixels: &[u8], count: usize| {
         infer::probabilities(&model, pixels, count, false)
     })?;
-    let site = browser_site(gpu, &config.weights)?;
+    let site = browser_site(gpu, &config.model)?;
     let stats = Arc::clone(&batcher.stats);
     let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
     let state = routes::AppState {
@@ -95,11 +93,11 @@ pub fn run(gpu: &Gpu, config: Config) -> Result<()> {
 /// The browser page's files, recorded on a second device of the same adapter
 /// with the portable kernels (a browser's WebGPU has no subgroups), while the
 /// server's own inference keeps the fastest ones.
-fn browser_site(gpu: &Gpu, weights: &std::path::Path) -> Result<HashMap<String, SiteFile>> {
+fn browser_site(gpu: &Gpu, weights: &ResolvedModel) -> Result<HashMap<String, SiteFile>> {
     let portable = Gpu::with_kernels(Some(&gpu.adapter().name), Kernels::Portable)?;
-    let (model, classes) = Model::load(&portable, weights)?;
-    let files =
-        web::site(&model, &classes, &[1, 32]).context("recording the browser page's plans")?;
+    let (model, classes) = Model::load(&portable, &weights.path)?;
+    let files = web::site(&model, &weights.name, &classes, &[1, 32])
+        .context("recording the browser page's plans")?;
     Ok(files.into_iter().map(|f| (f.path.clone(), f)).collect())
 }
 

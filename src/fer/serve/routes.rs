@@ -28,7 +28,7 @@ use crate::fer::web::SiteFile;
 pub struct ModelInfo {
     /// The GPU adapter, as `wgfer info` describes it.
     pub adapter: String,
-    /// The weights file's name.
+    /// The model's name: `fer5`, `fer7`, or its weights file's name.
     pub model: String,
     /// Class names in the model's output order.
     pub classes: Vec<String>,
@@ -159,7 +159,13 @@ async fn predict(
     let count = faces.len();
     let probabilities = app.batcher.classify(faces).await?;
     // The object `wgfer predict --json` prints for one input, less its file name.
-    let answer = predict::image_report("", &found, &probabilities, &app.info.classes);
+    let answer = predict::image_report(
+        "",
+        &app.info.model,
+        &found,
+        &probabilities,
+        &app.info.classes,
+    );
     let mut response = Json(answer).into_response();
     response.extensions_mut().insert(FaceCount(count));
     Ok(response)
