@@ -7,7 +7,7 @@ mod common;
 use common::*;
 use rand::rngs::StdRng;
 use wgfer::engine::ops::batchnorm::{BatchNorm, BnParams};
-use wgfer::engine::ops::conv2d::{Conv2d, Padding};
+use wgfer::engine::ops::conv2d::{Conv2d, Epilogue, Padding};
 use wgfer::engine::ops::dense::Dense;
 use wgfer::engine::ops::gemm::{Gemm, Strides};
 use wgfer::engine::ops::gemm_sg::{self, SubgroupTile};
@@ -1018,7 +1018,7 @@ fn gemm_and_conv_with_the_relu_epilogue() {
                 &upload(&gpu, &[2, 5, 5, 8], &x),
                 &upload(&gpu, &c.weight_shape(), &w),
                 &upload(&gpu, &[12], &b),
-                true,
+                Epilogue::RELU,
             )
             .unwrap();
         let want =
@@ -1052,7 +1052,10 @@ fn conv2d_inference_with_and_without_im2col() {
                         &upload(&gpu, &input, &x),
                         &upload(&gpu, &c.weight_shape(), &w),
                         &upload(&gpu, &[cout], &b),
-                        relu,
+                        Epilogue {
+                            residual: None,
+                            relu,
+                        },
                     )
                     .unwrap();
                 let mut want = conv2d::cpu::forward(&c, &f64s(&x), &f64s(&w), &f64s(&b));
@@ -1079,5 +1082,54 @@ fn conv2d_inference_with_and_without_im2col() {
             "implicit-im2col dispatches with {choice:?} on {}",
             gpu.adapter()
         );
+    }
+}
+
+/// A residual add (and ReLU) in the convolution's epilogue
+/// (`Conv2d::infer` with `Epilogue::residual`): one pass on adapters with the
+/// subgroup gemm, a copy and an accumulating product elsewhere; both equal
+/// max(conv(x) + b + r, 0) and conv(x) + b + r.
+#[test]
+fn conv2d_inference_adds_a_residual() {
+    let mut rng = rng();
+    for choice in [Kernels::Fastest, Kernels::Portable] {
+        let gpu = Gpu::with_kernels(None, choice).unwrap();
+        gpu.set_poison_outputs(true);
+        for (input, cout, k, padding) in [
+            ([2, 5, 5, 64], 256, 1, Padding::Valid),
+            ([1, 5, 6, 8], 12, 3, Padding::Same),
+            ([3, 2, 2, 5], 6, 1, Padding::Valid),
+        ] {
+            let c = Conv2d::new(&input, cout, [k, k], 1, padding).unwrap();
+            let x = random(&mut rng, input.iter().product());
+            let w = random(&mut rng, c.k() * cout);
+            let b = random(&mut rng, cout);
+            let r = random(&mut rng, c.m() * cout);
+            let rt = upload(&gpu, &c.output_shape(), &r);
+            for relu in [false, true] {
+                let y = c
+                    .infer(
+                        &gpu,
+                        &upload(&gpu, &input, &x),
+                        &upload(&gpu, &c.weight_shape(), &w),
+                        &upload(&gpu, &[cout], &b),
+                        Epilogue {
+                            residual: Some(&rt),
+                            relu,
+                        },
+                    )
+                    .unwrap();
+                let conv = conv2d::cpu::forward(&c, &f64s(&x), &f64s(&w), &f64s(&b));
+                let mut want = elementwise::cpu::add(&conv, &f64s(&r));
+                if relu {
+                    want = elementwise::cpu::relu(&want);
+                }
+                check(
+                    &format!("infer+residual {choice:?} {input:?}->{cout} relu={relu}"),
+                    &read(&gpu, &y),
+                    &want,
+                );
+            }
+        }
     }
 }

@@ -15,7 +15,7 @@ use rand::{RngExt, SeedableRng};
 use crate::engine::nn;
 use crate::engine::ops::batchnorm::{self, BnParams};
 use crate::engine::ops::bn_fold;
-use crate::engine::ops::conv2d::{Conv2d, Padding};
+use crate::engine::ops::conv2d::{Conv2d, Epilogue, Padding};
 use crate::engine::optim::ParamSet;
 use crate::engine::tape::Tape;
 use crate::engine::{Gpu, Tensor};
@@ -648,17 +648,23 @@ impl Model {
                 weight,
                 bias,
                 folded,
+                residual,
             } => {
                 let (x, w) = (inputs[0], p(weight));
                 let conv = Conv2d::new(x.shape(), w.shape()[3], kernel, stride, padding)?
                     .cropped(crop[0], crop[1])?;
                 match folded {
-                    _ if training => nn::conv2d_as(tape, conv, x, w, p(bias))?,
+                    None if training => nn::conv2d_as(tape, conv, x, w, p(bias))?,
+                    _ if training => bail!("the inference plan cannot train (folded batch norms)"),
                     // Inference needs no gradients: nothing on the tape.
-                    None => conv.infer(&self.gpu, x, w, p(bias), false)?,
+                    None => conv.infer(&self.gpu, x, w, p(bias), Epilogue::default())?,
                     Some(fold) => {
                         let (w, b) = self.folded_weights(index, [weight, bias], fold)?;
-                        conv.infer(&self.gpu, x, &w, &b, fold.relu)?
+                        let then = Epilogue {
+                            residual: residual.then(|| inputs[1]),
+                            relu: fold.relu,
+                        };
+                        conv.infer(&self.gpu, x, &w, &b, then)?
                     }
                 }
             }

@@ -8,7 +8,9 @@
 //! - a batch norm whose only reader is a ReLU runs fused with it;
 //! - at inference (`Plan::inference`), a batch norm whose input is a
 //!   convolution that nothing else reads is folded into that convolution's
-//!   weights and bias, and the ReLU after it into the product's epilogue.
+//!   weights and bias, and the ReLU after it into the product's epilogue; so
+//!   are a residual add and its ReLU when the shortcut is ready before the
+//!   convolution runs (the identity blocks).
 //!
 //! `Model::forward` runs the plan (and so the training step records it on the
 //! tape), `wgfer bench` profiles that run, and anything that needs the model's
@@ -38,6 +40,9 @@ pub enum StepOp {
         bias: usize,
         /// The batch norm folded into this convolution (inference plans).
         folded: Option<FoldedBn>,
+        /// The step's second input is added to the output before the ReLU
+        /// (a residual add folded in; inference plans).
+        residual: bool,
     },
     /// gamma, beta, moving mean, moving variance.
     BatchNorm {
@@ -62,7 +67,8 @@ pub enum StepOp {
 }
 
 /// A batch norm on its moving statistics folded into the convolution before
-/// it, and whether the ReLU after it runs in the product's epilogue.
+/// it, and whether the ReLU after it (or after the residual add) runs in the
+/// product's epilogue.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct FoldedBn {
     /// gamma, beta, moving mean, moving variance.
@@ -106,14 +112,7 @@ impl Plan {
                 }
             })
             .collect();
-        for j in 0..steps.len() {
-            let last_reader = (0..steps.len())
-                .rev()
-                .find(|&i| steps[i].inputs.contains(&j));
-            if let Some(i) = last_reader {
-                steps[i].last_use.push(j);
-            }
-        }
+        mark_last_uses(&mut steps);
         Plan { steps }
     }
 
@@ -142,7 +141,76 @@ impl Plan {
                 plan.steps[i].op = StepOp::Alias;
             }
         }
+        for add in 0..plan.steps.len() {
+            plan.fold_residual_add(add);
+        }
+        mark_last_uses(&mut plan.steps);
         plan
+    }
+
+    /// Steps reading step `j`'s output.
+    fn readers(&self, j: usize) -> Vec<usize> {
+        (0..self.steps.len())
+            .filter(|&i| self.steps[i].inputs.contains(&j))
+            .collect()
+    }
+
+    /// If step `add` adds a folded convolution (reached through aliases
+    /// read by nothing else) to a shortcut computed before it, and only a
+    /// ReLU reads the sum: the convolution adds the shortcut and applies the
+    /// ReLU itself, and the add and the ReLU become aliases.
+    fn fold_residual_add(&mut self, add: usize) {
+        let (StepOp::Add, &[a, b]) = (&self.steps[add].op, &self.steps[add].inputs[..]) else {
+            return;
+        };
+        let [relu] = self.readers(add)[..] else {
+            return;
+        };
+        if self.steps[relu].op != StepOp::Relu {
+            return;
+        }
+        for (main, shortcut) in [(a, b), (b, a)] {
+            let mut conv = main;
+            while self.steps[conv].op == StepOp::Alias && self.readers(conv).len() == 1 {
+                conv = self.steps[conv].inputs[0];
+            }
+            let sole_reader = self.readers(conv).len() == 1;
+            let step = &mut self.steps[conv];
+            let StepOp::Conv {
+                folded: Some(fold),
+                residual,
+                ..
+            } = &mut step.op
+            else {
+                continue;
+            };
+            if fold.relu || *residual || !sole_reader || shortcut > conv {
+                continue;
+            }
+            fold.relu = true;
+            *residual = true;
+            step.inputs.push(shortcut);
+            step.label = Arc::from(format!("{} {}", op_name(&step.op), step.layer));
+            self.steps[add].op = StepOp::Alias;
+            self.steps[add].inputs = vec![main];
+            self.steps[relu].op = StepOp::Alias;
+            return;
+        }
+    }
+}
+
+/// Each step's `last_use`: the outputs it is the last reader of.
+fn mark_last_uses(steps: &mut [Step]) {
+    for step in steps.iter_mut() {
+        step.last_use.clear();
+    }
+    for j in 0..steps.len() {
+        let last_reader = (0..steps.len())
+            .rev()
+            .find(|&i| steps[i].inputs.contains(&j));
+        if let Some(i) = last_reader {
+            steps[i].last_use.push(j);
+        }
     }
 }
 
@@ -164,6 +232,7 @@ fn step_op(arch: &Architecture, i: usize) -> StepOp {
             weight: layer.params[0],
             bias: layer.params[1],
             folded: None,
+            residual: false,
         },
         Op::BatchNorm => StepOp::BatchNorm {
             params: [
@@ -202,6 +271,7 @@ fn op_name(op: &StepOp) -> &'static str {
             folded: Some(FoldedBn { relu: false, .. }),
             ..
         } => "conv2d+bn",
+        StepOp::Conv { residual: true, .. } => "conv2d+bn+add+relu",
         StepOp::Conv {
             folded: Some(FoldedBn { relu: true, .. }),
             ..
@@ -356,7 +426,15 @@ mod tests {
 
     #[test]
     fn every_output_is_released_once_after_its_last_reader() {
-        let plan = Plan::of(&Architecture::resnet(5));
+        for plan in [
+            Plan::of(&Architecture::resnet(5)),
+            Plan::inference(&Architecture::resnet(5)),
+        ] {
+            released_once(&plan);
+        }
+    }
+
+    fn released_once(plan: &Plan) {
         let n = plan.steps.len();
         let mut released = vec![0; n];
         for (i, s) in plan.steps.iter().enumerate() {

@@ -70,6 +70,21 @@ struct ImplicitParams {
     pad: u32,
 }
 
+/// What `Conv2d::infer` applies after the product and the bias.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Epilogue<'a> {
+    /// Added before the ReLU: a residual block's shortcut.
+    pub residual: Option<&'a Tensor>,
+    pub relu: bool,
+}
+
+impl Epilogue<'_> {
+    pub const RELU: Epilogue<'static> = Epilogue {
+        residual: None,
+        relu: true,
+    };
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Padding {
     /// No padding.
@@ -310,21 +325,35 @@ impl Conv2d {
         self.forward_then(gpu, x, w, b, false)
     }
 
-    /// conv(x, w) + b, then max(·, 0) if `relu` (in the product's epilogue),
-    /// for inference: without the im2col matrix where the adapter has the
-    /// implicit-im2col kernel for this shape, else through it.
+    /// conv(x, w) + b (+ a residual of y's shape), then max(·, 0) if `relu`,
+    /// all in the product's epilogue, for inference: without the im2col
+    /// matrix where the adapter has the implicit-im2col kernel for this
+    /// shape (and no residual), else through it.
     pub fn infer(
         &self,
         gpu: &Gpu,
         x: &Tensor,
         w: &Tensor,
         b: &Tensor,
-        relu: bool,
+        then: Epilogue,
     ) -> Result<Tensor> {
-        match self.implicit_kernel(gpu) {
-            Some(kernel) => self.forward_implicit(gpu, kernel, [x, w, b], relu),
-            None => Ok(self.forward_then(gpu, x, w, b, relu)?.0),
+        if let (Some(kernel), None) = (self.implicit_kernel(gpu), then.residual) {
+            return self.forward_implicit(gpu, kernel, [x, w, b], then.relu);
         }
+        let Some(residual) = then.residual else {
+            return Ok(self.forward_then(gpu, x, w, b, then.relu)?.0);
+        };
+        ensure!(
+            residual.shape() == self.output_shape(),
+            "conv2d: residual {:?} for output {:?}",
+            residual.shape(),
+            self.output_shape()
+        );
+        let cols = self.im2col(gpu, x)?;
+        let y = gpu.empty(&self.output_shape())?;
+        self.product(then.relu)
+            .run_plus(gpu, [&cols, w, b, residual], &y)?;
+        Ok(y)
     }
 
     /// The implicit-im2col kernel for this adapter and shape: subgroups of a
@@ -408,13 +437,17 @@ impl Conv2d {
         );
         let cols = self.im2col(gpu, x)?;
         let y = gpu.empty(&self.output_shape())?;
-        let g = Gemm {
+        self.product(relu).run(gpu, &cols, w, Some(b), &y)?;
+        Ok((y, cols))
+    }
+
+    /// cols · W: the forward product.
+    fn product(&self, relu: bool) -> Gemm {
+        Gemm {
             a_padded: true,
             relu,
             ..Gemm::new(self.m(), self.cout, self.k(), Strides::rows(self.ld()))
-        };
-        g.run(gpu, &cols, w, Some(b), &y)?;
-        Ok((y, cols))
+        }
     }
 
     /// dx from dy: dcols = dy · Wᵀ, then col2im.

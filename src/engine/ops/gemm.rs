@@ -164,7 +164,34 @@ impl Gemm {
         bias: Option<&Tensor>,
         c: &Tensor,
     ) -> Result<()> {
-        self.encode(gpu, [a, b, c], bias, None)
+        self.encode(gpu, [a, b, c], bias, None, None)
+    }
+
+    /// `c = a·b + bias + residual`, then max(c, 0) if `relu`: a residual
+    /// block's last product, its add and its ReLU in one pass where the
+    /// subgroup kernel runs, else a copy and an accumulating product.
+    pub fn run_plus(
+        &self,
+        gpu: &Gpu,
+        [a, b, bias, residual]: [&Tensor; 4],
+        c: &Tensor,
+    ) -> Result<()> {
+        ensure!(
+            residual.len() == self.m * self.n && !self.accumulate,
+            "gemm: a residual of {} values for a {}x{} product",
+            residual.len(),
+            self.m,
+            self.n
+        );
+        if self.subgroup_layout(gpu) == Some(true) {
+            return self.encode(gpu, [a, b, c], Some(bias), None, Some(residual));
+        }
+        gpu.copy(residual, 0, c, 0, self.m * self.n)?;
+        let g = Gemm {
+            accumulate: true,
+            ..*self
+        };
+        g.run(gpu, a, b, Some(bias), c)
     }
 
     /// `run` without bias, also returning the column sums of B ([n]): for
@@ -180,20 +207,22 @@ impl Gemm {
         );
         if self.subgroup_layout(gpu) == Some(false) {
             let sums = gpu.empty(&[self.n])?;
-            self.encode(gpu, [a, b, c], None, Some(&sums))?;
+            self.encode(gpu, [a, b, c], None, Some(&sums), None)?;
             return Ok(sums);
         }
         self.run(gpu, a, b, None, c)?;
         column_sums(gpu, b, self.n)
     }
 
-    /// `operands` = [a, b, c].
+    /// `operands` = [a, b, c]; `b_sums` and `residual` for the subgroup
+    /// kernels only (flags 2 and 8).
     fn encode(
         &self,
         gpu: &Gpu,
         [a, b, c]: [&Tensor; 3],
         bias: Option<&Tensor>,
         b_sums: Option<&Tensor>,
+        residual: Option<&Tensor>,
     ) -> Result<()> {
         let Gemm {
             m,
@@ -238,7 +267,8 @@ impl Gemm {
                 lda: if rows_layout { s.row } else { s.col } as u32,
                 flags: bias.is_some() as u32
                     | (b_sums.is_some() as u32) << 1
-                    | (self.relu as u32) << 2,
+                    | (self.relu as u32) << 2
+                    | (residual.is_some() as u32) << 3,
                 col_blocks: col_blocks as u32,
                 tiles: tiles as u32,
                 pad: 0,
@@ -258,11 +288,15 @@ impl Gemm {
                     bindings[2],
                     bindings[3],
                     (5, b_sums.unwrap_or(&sink)),
+                    (6, residual.unwrap_or(&dummy)),
                 ],
                 tiles as u32,
             );
         }
-        ensure!(b_sums.is_none(), "gemm: only the subgroup kernels sum B");
+        ensure!(
+            b_sums.is_none() && residual.is_none(),
+            "gemm: only the subgroup kernels sum B or add a residual"
+        );
         let col_blocks = n.div_ceil(COLS);
         let tiles = m.div_ceil(ROWS) * col_blocks;
         let params = Params {

@@ -67,7 +67,7 @@ fn header(out: &mut String, SubgroupTile { lanes: l, rows: r }: SubgroupTile) {
     let (cols, bits, last) = (4 * l, 32 * l, r - 1);
     emit!(
         out,
-        "// C[i, j] = sum_p A(i, p) * B[p, j]  (+ bias[j]) (then max(·, 0)), for adapters whose subgroups
+        "// C[i, j] = sum_p A(i, p) * B[p, j]  (+ bias[j]) (+ residual[i, j]) (then max(·, 0)), for adapters whose subgroups
 // are {l} lanes wide (lavapipe's are 8 on AVX2). See gemm.wgsl for the general kernel.
 //
 // Why this shape (benches/NOTES.md has the measurements): llvmpipe runs the {l}
@@ -89,7 +89,8 @@ fn header(out: &mut String, SubgroupTile { lanes: l, rows: r }: SubgroupTile) {
 
 struct Params {{
   m: u32, n: u32, k: u32, lda: u32,
-  flags: u32, col_blocks: u32, tiles: u32, pad: u32,  // flags: 1 = add bias, 2 = sum B's columns, 4 = ReLU
+  flags: u32, col_blocks: u32, tiles: u32, pad: u32,
+  // flags: 1 = add bias, 2 = sum B's columns, 4 = ReLU, 8 = add the residual
 }}
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -101,15 +102,21 @@ struct Params {{
 // of tiles adds up on the way (they load every row of B). For dW = xᵀ·dy
 // that is the bias gradient, without a dispatch of its own.
 @group(0) @binding(5) var<storage, read_write> colsum: array<vec4<f32>>;
+// With flag 8: a tensor shaped as C added before the ReLU (a residual
+// block's shortcut), so the add and the ReLU after the product need no pass
+// of their own.
+@group(0) @binding(6) var<storage, read> residual: array<vec4<f32>>;
 
 override A_ROWS: bool = true;
 
 fn store(row: u32, col4: u32, s: vec4<f32>) {{
   if (row < p.m) {{
     var v = s;
+    let i = row * (p.n / 4u) + col4;
     if ((p.flags & 1u) != 0u) {{ v += bias[col4]; }}
+    if ((p.flags & 8u) != 0u) {{ v += residual[i]; }}
     if ((p.flags & 4u) != 0u) {{ v = max(v, vec4<f32>()); }}
-    c[row * (p.n / 4u) + col4] = v;
+    c[i] = v;
   }}
 }}
 
