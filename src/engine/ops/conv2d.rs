@@ -322,7 +322,7 @@ impl Conv2d {
         w: &Tensor,
         b: &Tensor,
     ) -> Result<(Tensor, Tensor)> {
-        self.forward_then(gpu, x, w, b, false)
+        self.forward_then(gpu, x, w, b, Epilogue::default())
     }
 
     /// conv(x, w) + b (+ a residual of y's shape), then max(·, 0) if `relu`,
@@ -340,20 +340,7 @@ impl Conv2d {
         if let (Some(kernel), None) = (self.implicit_kernel(gpu), then.residual) {
             return self.forward_implicit(gpu, kernel, [x, w, b], then.relu);
         }
-        let Some(residual) = then.residual else {
-            return Ok(self.forward_then(gpu, x, w, b, then.relu)?.0);
-        };
-        ensure!(
-            residual.shape() == self.output_shape(),
-            "conv2d: residual {:?} for output {:?}",
-            residual.shape(),
-            self.output_shape()
-        );
-        let cols = self.im2col(gpu, x)?;
-        let y = gpu.empty(&self.output_shape())?;
-        self.product(then.relu)
-            .run_plus(gpu, [&cols, w, b, residual], &y)?;
-        Ok(y)
+        Ok(self.forward_then(gpu, x, w, b, then)?.0)
     }
 
     /// The implicit-im2col kernel for this adapter and shape: subgroups of a
@@ -427,7 +414,7 @@ impl Conv2d {
         x: &Tensor,
         w: &Tensor,
         b: &Tensor,
-        relu: bool,
+        then: Epilogue,
     ) -> Result<(Tensor, Tensor)> {
         ensure!(
             w.shape() == self.weight_shape(),
@@ -437,7 +424,19 @@ impl Conv2d {
         );
         let cols = self.im2col(gpu, x)?;
         let y = gpu.empty(&self.output_shape())?;
-        self.product(relu).run(gpu, &cols, w, Some(b), &y)?;
+        let product = self.product(then.relu);
+        match then.residual {
+            None => product.run(gpu, &cols, w, Some(b), &y)?,
+            Some(residual) => {
+                ensure!(
+                    residual.shape() == self.output_shape(),
+                    "conv2d: residual {:?} for output {:?}",
+                    residual.shape(),
+                    self.output_shape()
+                );
+                product.run_plus(gpu, [&cols, w, b, residual], &y)?
+            }
+        }
         Ok((y, cols))
     }
 
