@@ -219,19 +219,24 @@ impl Gemm {
     fn encode(
         &self,
         gpu: &Gpu,
-        [a, b, c]: [&Tensor; 3],
+        operands: [&Tensor; 3],
         bias: Option<&Tensor>,
         b_sums: Option<&Tensor>,
         residual: Option<&Tensor>,
     ) -> Result<()> {
-        let Gemm {
-            m,
-            n,
-            k,
-            a: s,
-            accumulate,
-            ..
-        } = *self;
+        self.check_sizes(operands, bias)?;
+        if let (Some(rows_layout), Some(sk)) = (self.subgroup_layout(gpu), subgroup_kernel(gpu)) {
+            return self.encode_subgroup(gpu, sk, rows_layout, operands, bias, [b_sums, residual]);
+        }
+        ensure!(
+            b_sums.is_none() && residual.is_none(),
+            "gemm: only the subgroup kernels sum B or add a residual"
+        );
+        self.encode_portable(gpu, operands, bias)
+    }
+
+    fn check_sizes(&self, [a, b, c]: [&Tensor; 3], bias: Option<&Tensor>) -> Result<()> {
+        let Gemm { m, n, k, a: s, .. } = *self;
         ensure!(m > 0 && n > 0 && k > 0, "gemm: empty product {m}x{k}x{n}");
         ensure!(
             a.len() > (m - 1) * s.row + (k - 1) * s.col,
@@ -254,49 +259,65 @@ impl Gemm {
                 bias.len()
             );
         }
+        Ok(())
+    }
+
+    /// `extra` = [B's column sums out (flag 2), the residual in (flag 8)].
+    fn encode_subgroup(
+        &self,
+        gpu: &Gpu,
+        sk: &'static SubgroupKernel,
+        rows_layout: bool,
+        [a, b, c]: [&Tensor; 3],
+        bias: Option<&Tensor>,
+        [b_sums, residual]: [Option<&Tensor>; 2],
+    ) -> Result<()> {
+        let (m, n, s) = (self.m, self.n, self.a);
+        let (dummy, sink) = (gpu.dummy()?, gpu.sink()?);
+        let col_blocks = n.div_ceil(sk.tile.cols());
+        let tiles = m.div_ceil(sk.tile.rows) * col_blocks;
+        let params = Sg8Params {
+            m: m as u32,
+            n: n as u32,
+            k: self.k as u32,
+            lda: if rows_layout { s.row } else { s.col } as u32,
+            flags: bias.is_some() as u32
+                | (b_sums.is_some() as u32) << 1
+                | (self.relu as u32) << 2
+                | (residual.is_some() as u32) << 3,
+            col_blocks: col_blocks as u32,
+            tiles: tiles as u32,
+            pad: 0,
+        };
+        let shader = Shader {
+            name: sk.name,
+            source: &sk.source,
+        };
+        let kernel = gpu.kernel(&shader, "main", &[("A_ROWS", rows_layout as u32 as f64)]);
+        gpu.note_flops(self.flops());
+        gpu.dispatch(
+            &kernel,
+            bytemuck::bytes_of(&params),
+            &[
+                (1, a),
+                (2, b),
+                (3, bias.unwrap_or(&dummy)),
+                (4, c),
+                (5, b_sums.unwrap_or(&sink)),
+                (6, residual.unwrap_or(&dummy)),
+            ],
+            tiles as u32,
+        )
+    }
+
+    fn encode_portable(
+        &self,
+        gpu: &Gpu,
+        [a, b, c]: [&Tensor; 3],
+        bias: Option<&Tensor>,
+    ) -> Result<()> {
+        let Gemm { m, n, k, a: s, .. } = *self;
         let dummy = gpu.dummy()?;
-        let bindings = [(1, a), (2, b), (3, bias.unwrap_or(&dummy)), (4, c)];
-        if let (Some(rows_layout), Some(sk)) = (self.subgroup_layout(gpu), subgroup_kernel(gpu)) {
-            let sink = gpu.sink()?;
-            let col_blocks = n.div_ceil(sk.tile.cols());
-            let tiles = m.div_ceil(sk.tile.rows) * col_blocks;
-            let params = Sg8Params {
-                m: m as u32,
-                n: n as u32,
-                k: k as u32,
-                lda: if rows_layout { s.row } else { s.col } as u32,
-                flags: bias.is_some() as u32
-                    | (b_sums.is_some() as u32) << 1
-                    | (self.relu as u32) << 2
-                    | (residual.is_some() as u32) << 3,
-                col_blocks: col_blocks as u32,
-                tiles: tiles as u32,
-                pad: 0,
-            };
-            let shader = Shader {
-                name: sk.name,
-                source: &sk.source,
-            };
-            let kernel = gpu.kernel(&shader, "main", &[("A_ROWS", rows_layout as u32 as f64)]);
-            gpu.note_flops(self.flops());
-            return gpu.dispatch(
-                &kernel,
-                bytemuck::bytes_of(&params),
-                &[
-                    bindings[0],
-                    bindings[1],
-                    bindings[2],
-                    bindings[3],
-                    (5, b_sums.unwrap_or(&sink)),
-                    (6, residual.unwrap_or(&dummy)),
-                ],
-                tiles as u32,
-            );
-        }
-        ensure!(
-            b_sums.is_none() && residual.is_none(),
-            "gemm: only the subgroup kernels sum B or add a residual"
-        );
         let col_blocks = n.div_ceil(COLS);
         let tiles = m.div_ceil(ROWS) * col_blocks;
         let params = Params {
@@ -307,7 +328,7 @@ impl Gemm {
             a_rs: s.row as u32,
             a_cs: s.col as u32,
             ldc: n as u32,
-            flags: bias.is_some() as u32 | (accumulate as u32) << 1 | (self.relu as u32) << 2,
+            flags: bias.is_some() as u32 | (self.accumulate as u32) << 1 | (self.relu as u32) << 2,
             col_blocks: col_blocks as u32,
             tiles: tiles as u32,
             pad: [0; 2],
@@ -317,7 +338,7 @@ impl Gemm {
         gpu.dispatch(
             &kernel,
             bytemuck::bytes_of(&params),
-            &bindings,
+            &[(1, a), (2, b), (3, bias.unwrap_or(&dummy)), (4, c)],
             tiles as u32,
         )
     }
