@@ -37,9 +37,14 @@ fn softmax(@builtin(global_invocation_id) gid: vec3<u32>) {
 fn softmax_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
   let row = gid.x;
   if (row >= p.n) { return; }
-  var dot = 0.0;
-  for (var j = 0u; j < p.k; j++) { dot += a[row * p.k + j] * b[row * p.k + j]; }
-  for (var j = 0u; j < p.k; j++) { out[row * p.k + j] = a[row * p.k + j] * (b[row * p.k + j] - dot); }
+  // dx_i = y_i (dy_i - sum_j y_j dy_j) = y_i sum_j y_j (dy_i - dy_j) since the y's sum to 1: the
+  // second form has no cancellation when one class takes nearly all the probability.
+  for (var i = 0u; i < p.k; i++) {
+    let dyi = b[row * p.k + i];
+    var g = 0.0;
+    for (var j = 0u; j < p.k; j++) { g += a[row * p.k + j] * (dyi - b[row * p.k + j]); }
+    out[row * p.k + i] = a[row * p.k + i] * g;
+  }
 }
 
 // Per row: loss = -sum target * log(prob) (prob clipped like Keras to

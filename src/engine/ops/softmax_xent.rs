@@ -160,15 +160,13 @@ pub mod cpu {
 
     pub fn softmax_backward(y: &[f64], dy: &[f64], k: usize) -> Vec<f64> {
         let mut dx = vec![0.0; y.len()];
+        // y_i Σ_j y_j (dy_i − dy_j), the kernel's form: equal to y_i (dy_i − Σ_j y_j dy_j)
+        // when the y's sum to 1, without its cancellation when one y is nearly 1.
         for r in 0..y.len() / k {
             let row = r * k..(r + 1) * k;
-            let dot: f64 = y[row.clone()]
-                .iter()
-                .zip(&dy[row.clone()])
-                .map(|(a, b)| a * b)
-                .sum();
-            for i in row {
-                dx[i] = y[i] * (dy[i] - dot);
+            for i in row.clone() {
+                let g: f64 = row.clone().map(|j| y[j] * (dy[i] - dy[j])).sum();
+                dx[i] = y[i] * g;
             }
         }
         dx
