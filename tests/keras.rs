@@ -1,6 +1,5 @@
 //! Keras files read directly and through `wgfer convert`, checked against
-//! files Keras itself wrote (the small ones in tests/data/keras, the full
-//! 5 MB model in ../shared/data/keras; made by tests/data/keras/make_fixtures.py;
+//! files Keras itself wrote (tests/data/keras, made by make_fixtures.py there;
 //! no TensorFlow is needed here).
 
 mod common;
@@ -29,21 +28,6 @@ fn shipped() -> PathBuf {
 /// The full tutorial model (the weights wgfer shipped before its retraining
 /// on the original pixels), as Keras 3 saved it.
 const FULL: &str = "fer5.keras";
-
-/// `FULL`, kept beside the repository with the data (5 MB), or a loud
-/// failure naming where it was looked for.
-fn full_model() -> PathBuf {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/data/keras")
-        .join(FULL);
-    assert!(
-        p.exists(),
-        "THE TEST DATA IS MISSING: {} not found. The Keras tests need the full Keras model beside the \
-         repository (../shared/data/keras/fer5.keras, written by tests/data/keras/make_fixtures.py).",
-        p.display()
-    );
-    p
-}
 
 /// The small files: three of the tutorial's layers, one file per layout and
 /// Keras version (3.3 does not name layers in its weights files; 3.15 does).
@@ -92,7 +76,7 @@ fn pattern(k: usize, n: usize) -> Vec<f32> {
 
 /// The tensors of the full Keras file, its layers matched by their names.
 fn named_tensors() -> BTreeMap<String, (Vec<usize>, Vec<f32>)> {
-    let bytes = std::fs::read(full_model()).unwrap();
+    let bytes = std::fs::read(fixture(FULL)).unwrap();
     let file = keras::read(&bytes, FULL).unwrap();
     keras::model_tensors(&file, FULL)
         .unwrap()
@@ -105,7 +89,7 @@ fn named_tensors() -> BTreeMap<String, (Vec<usize>, Vec<f32>)> {
 #[test]
 fn a_keras_model_predicts_what_keras_predicted() {
     let want = keras_predictions();
-    let got = predict(&full_model());
+    let got = predict(&fixture(FULL));
     assert_eq!(got.len(), want.len() * 5);
     let mut largest = 0f32;
     for (i, (row, keras)) in got.chunks(5).zip(&want).enumerate() {
@@ -123,7 +107,7 @@ fn a_keras_model_predicts_what_keras_predicted() {
 #[test]
 fn a_keras_archive_holds_every_tensor_of_the_model() {
     // Their values are checked through the predictions above (Keras' own, to 1e-4).
-    let bytes = std::fs::read(full_model()).unwrap();
+    let bytes = std::fs::read(fixture(FULL)).unwrap();
     let file = keras::read(&bytes, FULL).unwrap();
     assert_eq!(file.format, Format::Archive);
     let (arch, tensors) = keras::model_tensors(&file, FULL).unwrap();
@@ -141,7 +125,7 @@ fn keras_layer_order_names_the_slots_of_a_real_file() {
     // Keras 3 stores layer `res_2_conv_c` as `layers/conv2d_3`: the rank among
     // Conv2D layers in Keras' `model.layers` order. Recent Keras also writes
     // the name beside it; the order must agree with every one.
-    let bytes = std::fs::read(full_model()).unwrap();
+    let bytes = std::fs::read(fixture(FULL)).unwrap();
     let file = keras::read(&bytes, FULL).unwrap();
     let arch = Architecture::resnet(5);
     let slots = keras::slot_names(keras::keras_order(&arch).into_iter().map(|i| {
@@ -161,7 +145,7 @@ fn keras_layer_order_names_the_slots_of_a_real_file() {
 #[test]
 fn a_file_without_layer_names_is_matched_by_keras_order() {
     // As a Keras that does not write layer names leaves it: only the slots.
-    let bytes = std::fs::read(full_model()).unwrap();
+    let bytes = std::fs::read(fixture(FULL)).unwrap();
     let mut file = keras::read(&bytes, FULL).unwrap();
     file.layers.iter_mut().for_each(|l| l.name = None);
     let (_, tensors) = keras::model_tensors(&file, FULL).unwrap();
@@ -237,14 +221,8 @@ fn a_misshaped_file_is_refused_naming_the_layer() {
 
 #[test]
 fn a_damaged_keras_file_is_refused_without_panicking() {
-    let files = [
-        fixture("small-keras3.weights.h5"),
-        fixture("small-keras2.h5"),
-        full_model(),
-    ];
-    for path in files {
-        let name = path.file_name().unwrap().to_str().unwrap();
-        let bytes = std::fs::read(&path).unwrap();
+    for name in ["small-keras3.weights.h5", "small-keras2.h5", FULL] {
+        let bytes = std::fs::read(fixture(name)).unwrap();
         for cut in [8, 100, 1000, 3000, bytes.len() / 2, bytes.len() - 1] {
             assert!(
                 keras::convert(&bytes[..cut], name, None).is_err(),
@@ -262,13 +240,13 @@ fn convert_writes_a_file_that_predicts_the_same() {
     let out = dir.join("fer5.safetensors");
     let o = common::wgfer(&[
         "convert",
-        full_model().to_str().unwrap(),
+        fixture(FULL).to_str().unwrap(),
         out.to_str().unwrap(),
         "--classes",
         "a,b,c,d,e",
     ]);
     assert!(o.status.success(), "{}", common::text(&o));
-    assert_eq!(predict(&out), predict(&full_model()));
+    assert_eq!(predict(&out), predict(&fixture(FULL)));
     let gpu = common::gpu();
     let (_, names) = Model::load(&gpu, &out).unwrap();
     assert_eq!(names, ["a", "b", "c", "d", "e"]);
@@ -276,7 +254,7 @@ fn convert_writes_a_file_that_predicts_the_same() {
     // Wrong class count, and a file that is not Keras', are refused.
     let o = common::wgfer(&[
         "convert",
-        full_model().to_str().unwrap(),
+        fixture(FULL).to_str().unwrap(),
         out.to_str().unwrap(),
         "--classes",
         "a,b",
@@ -303,8 +281,8 @@ fn convert_writes_a_file_that_predicts_the_same() {
 fn keras_files_are_recognised_by_content_not_name() {
     let dir = common::temp_dir("keras-misnamed");
     let misnamed = dir.join("weights.safetensors");
-    std::fs::copy(full_model(), &misnamed).unwrap();
-    assert_eq!(predict(&misnamed), predict(&full_model()));
+    std::fs::copy(fixture(FULL), &misnamed).unwrap();
+    assert_eq!(predict(&misnamed), predict(&fixture(FULL)));
     // And a safetensors file named like a Keras one is read as safetensors.
     let misnamed = dir.join("model.keras");
     std::fs::copy(shipped(), &misnamed).unwrap();

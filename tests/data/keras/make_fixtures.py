@@ -90,10 +90,7 @@ def keras3():
     small.save_weights(os.path.join(OUT, "small-keras3.weights.h5"))
     small.save(os.path.join(OUT, "small-keras3-legacy.h5"))
     model = tutorial_model(tf)
-    # 5 MB: kept beside the repository with the data, not in it (tests/keras.rs reads it there).
-    shared = os.path.join(OUT, "..", "..", "..", "..", "shared", "data", "keras")
-    os.makedirs(shared, exist_ok=True)
-    model.save(os.path.join(shared, "fer5.keras"))
+    model.save(os.path.join(OUT, "fer5.keras"))
     x, labels = faces()
     probs = model.predict(x, verbose=0)
     with open(os.path.join(OUT, "predictions.json"), "w") as f:
