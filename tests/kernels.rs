@@ -1053,8 +1053,8 @@ fn conv2d_inference_with_and_without_im2col() {
                         &upload(&gpu, &c.weight_shape(), &w),
                         &upload(&gpu, &[cout], &b),
                         Epilogue {
-                            residual: None,
                             relu,
+                            ..Epilogue::default()
                         },
                     )
                     .unwrap();
@@ -1082,6 +1082,86 @@ fn conv2d_inference_with_and_without_im2col() {
             "implicit-im2col dispatches with {choice:?} on {}",
             gpu.adapter()
         );
+    }
+}
+
+/// A 2×2, stride-2 max-pool in the convolution's epilogue (`Conv2d::infer`
+/// with `Epilogue::pool`): in the implicit-im2col kernel where the adapter
+/// has it (counted), a pool pass after the product elsewhere; both equal
+/// pool(relu?(conv(x) + b)). Odd outputs and residuals are refused.
+#[test]
+fn conv2d_inference_max_pools_its_output() {
+    let mut rng = rng();
+    for choice in [Kernels::Fastest, Kernels::Portable] {
+        let gpu = Gpu::with_kernels(None, choice).unwrap();
+        gpu.set_poison_outputs(true);
+        let mut cases = 0;
+        for (input, cout, k, crop) in [
+            // The convolution blocks' cropped 1×1 convolutions, small.
+            ([2, 11, 11, 16], 40, 1, [10, 10]),
+            ([3, 5, 5, 12], 8, 1, [4, 4]),
+            ([1, 6, 8, 8], 12, 3, [6, 8]),
+            ([2, 7, 5, 4], 4, 3, [6, 4]),
+        ] {
+            let full = Conv2d::new(&input, cout, [k, k], 1, Padding::Same).unwrap();
+            let c = full.cropped(crop[0], crop[1]).unwrap();
+            let x = random(&mut rng, input.iter().product());
+            let w = random(&mut rng, c.k() * cout);
+            let b = random(&mut rng, cout);
+            for relu in [false, true] {
+                let then = Epilogue {
+                    relu,
+                    pool: true,
+                    ..Epilogue::default()
+                };
+                let (xt, wt, bt) = (
+                    upload(&gpu, &input, &x),
+                    upload(&gpu, &c.weight_shape(), &w),
+                    upload(&gpu, &[cout], &b),
+                );
+                let y = c.infer(&gpu, &xt, &wt, &bt, then).unwrap();
+                let mut conv = conv2d::cpu::forward(&c, &f64s(&x), &f64s(&w), &f64s(&b));
+                if relu {
+                    conv = elementwise::cpu::relu(&conv);
+                }
+                let p = Pool2d::new(&c.output_shape(), 2, 2).unwrap();
+                let (want, _) = pool::cpu::max_forward(&p, &conv);
+                assert_eq!(y.shape(), p.output_shape());
+                let what = format!("infer+max_pool {choice:?} {c:?} relu={relu}");
+                check(&what, &read(&gpu, &y), &want);
+                cases += 1;
+            }
+        }
+        let ran =
+            gpu.dispatches_of(conv2d::IMPLICIT_SG8) + gpu.dispatches_of(conv2d::IMPLICIT_SG16);
+        let expected = match (choice, gpu.fixed_subgroup_size()) {
+            (Kernels::Fastest, Some(8 | 16)) => cases,
+            _ => 0,
+        };
+        assert_eq!(ran, expected, "pooling implicit dispatches, {choice:?}");
+
+        let odd = Conv2d::new(&[1, 5, 5, 4], 4, [1, 1], 1, Padding::Valid).unwrap();
+        let (x, w, b) = (
+            gpu.zeros(&[1, 5, 5, 4]).unwrap(),
+            gpu.zeros(&odd.weight_shape()).unwrap(),
+            gpu.zeros(&[4]).unwrap(),
+        );
+        let pool = Epilogue {
+            pool: true,
+            ..Epilogue::default()
+        };
+        let e = odd.infer(&gpu, &x, &w, &b, pool).unwrap_err().to_string();
+        assert!(e.contains("even output (5×5)"), "{e}");
+        let r = gpu.zeros(&odd.output_shape()).unwrap();
+        let with_residual = Epilogue {
+            residual: Some(&r),
+            ..pool
+        };
+        let e = odd
+            .cropped(4, 4)
+            .unwrap()
+            .infer(&gpu, &x, &w, &b, with_residual);
+        assert!(e.unwrap_err().to_string().contains("no residual"));
     }
 }
 
@@ -1116,6 +1196,7 @@ fn conv2d_inference_adds_a_residual() {
                         Epilogue {
                             residual: Some(&rt),
                             relu,
+                            pool: false,
                         },
                     )
                     .unwrap();

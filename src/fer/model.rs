@@ -649,20 +649,30 @@ impl Model {
                 bias,
                 folded,
                 residual,
+                pool,
             } => {
                 let (x, w) = (inputs[0], p(weight));
                 let conv = Conv2d::new(x.shape(), w.shape()[3], kernel, stride, padding)?
                     .cropped(crop[0], crop[1])?;
                 match folded {
-                    None if training => nn::conv2d_as(tape, conv, x, w, p(bias))?,
-                    _ if training => bail!("the inference plan cannot train (folded batch norms)"),
+                    None if training && !pool => nn::conv2d_as(tape, conv, x, w, p(bias))?,
+                    _ if training => bail!(
+                        "the inference plan cannot train (folded batch norms, pooling epilogues)"
+                    ),
                     // Inference needs no gradients: nothing on the tape.
-                    None => conv.infer(&self.gpu, x, w, p(bias), Epilogue::default())?,
+                    None => {
+                        let then = Epilogue {
+                            pool,
+                            ..Epilogue::default()
+                        };
+                        conv.infer(&self.gpu, x, w, p(bias), then)?
+                    }
                     Some(fold) => {
                         let (w, b) = self.folded_weights(index, [weight, bias], fold)?;
                         let then = Epilogue {
                             residual: residual.then(|| inputs[1]),
                             relu: fold.relu,
+                            pool,
                         };
                         conv.infer(&self.gpu, x, &w, &b, then)?
                     }

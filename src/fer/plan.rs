@@ -10,7 +10,8 @@
 //!   convolution that nothing else reads is folded into that convolution's
 //!   weights and bias, and the ReLU after it into the product's epilogue; so
 //!   are a residual add and its ReLU when the shortcut is ready before the
-//!   convolution runs (the identity blocks).
+//!   convolution runs (the identity blocks), and a 2×2 max-pool that is a
+//!   convolution's only reader (the convolution blocks' 1×1 convolutions).
 //!
 //! `Model::forward` runs the plan (and so the training step records it on the
 //! tape), `wgfer bench` profiles that run, and anything that needs the model's
@@ -43,6 +44,9 @@ pub enum StepOp {
         /// The step's second input is added to the output before the ReLU
         /// (a residual add folded in; inference plans).
         residual: bool,
+        /// The 2×2, stride-2 max-pool reading this convolution runs in its
+        /// epilogue (inference plans).
+        pool: bool,
     },
     /// gamma, beta, moving mean, moving variance.
     BatchNorm {
@@ -144,8 +148,39 @@ impl Plan {
         for add in 0..plan.steps.len() {
             plan.fold_residual_add(add);
         }
+        for pool in 0..plan.steps.len() {
+            plan.fold_max_pool(pool);
+        }
         mark_last_uses(&mut plan.steps);
         plan
+    }
+
+    /// If step `pool` is a 2×2, stride-2 max-pool of a convolution that
+    /// nothing else reads and that adds no residual: the convolution pools
+    /// its own output and the pool becomes an alias.
+    fn fold_max_pool(&mut self, pool: usize) {
+        let (StepOp::MaxPool { size: 2, stride: 2 }, &[conv]) =
+            (&self.steps[pool].op, &self.steps[pool].inputs[..])
+        else {
+            return;
+        };
+        let sole_reader = self.readers(conv).len() == 1;
+        let step = &mut self.steps[conv];
+        let StepOp::Conv {
+            residual: false,
+            pool: pooled,
+            crop,
+            ..
+        } = &mut step.op
+        else {
+            return;
+        };
+        if !sole_reader || crop.iter().any(|c| !c.is_multiple_of(2)) {
+            return;
+        }
+        *pooled = true;
+        step.label = Arc::from(format!("{} {}", op_name(&step.op), step.layer));
+        self.steps[pool].op = StepOp::Alias;
     }
 
     /// Steps reading step `j`'s output.
@@ -233,6 +268,7 @@ fn step_op(arch: &Architecture, i: usize) -> StepOp {
             bias: layer.params[1],
             folded: None,
             residual: false,
+            pool: false,
         },
         Op::BatchNorm => StepOp::BatchNorm {
             params: [
@@ -266,6 +302,11 @@ fn op_name(op: &StepOp) -> &'static str {
     match op {
         StepOp::Input => "input",
         StepOp::Alias => "alias",
+        StepOp::Conv {
+            folded: None,
+            pool: true,
+            ..
+        } => "conv2d+max_pool",
         StepOp::Conv { folded: None, .. } => "conv2d",
         StepOp::Conv {
             folded: Some(FoldedBn { relu: false, .. }),
@@ -397,9 +438,29 @@ mod tests {
             folded("res_2_conv_c"),
             Some(FoldedBn { relu: false, .. })
         ));
-        // A 1×1 conv → max-pool → batch norm: not folded.
+        // A 1×1 conv → max-pool → batch norm: not folded, but the conv pools
+        // its own output (the four 2×2 pools; the stem's 3×3 pool stays).
         assert_eq!(folded("res_2_conv_a"), None);
         assert!(matches!(step("bn_2_conv_a").op, StepOp::BatchNorm { .. }));
+        assert!(matches!(
+            step("res_2_conv_a").op,
+            StepOp::Conv { pool: true, .. }
+        ));
+        assert_eq!(&*step("res_2_conv_a").label, "conv2d+max_pool res_2_conv_a");
+        assert_eq!(step("max_pooling2d_1").op, StepOp::Alias);
+        let pooled = |p: &Plan| {
+            let convs = p
+                .steps
+                .iter()
+                .filter(|s| matches!(s.op, StepOp::Conv { pool: true, .. }));
+            let pools = p
+                .steps
+                .iter()
+                .filter(|s| matches!(s.op, StepOp::MaxPool { .. }));
+            (convs.count(), pools.count())
+        };
+        assert_eq!(pooled(&train), (0, 5));
+        assert_eq!(pooled(&infer), (4, 1));
         // Every other step is unchanged.
         let bns = |p: &Plan| {
             p.steps

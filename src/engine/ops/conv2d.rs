@@ -14,6 +14,7 @@ use bytemuck::{Pod, Zeroable};
 use crate::engine::ops::ShaderPair;
 use crate::engine::ops::gemm::{Gemm, SG8_TILE, SG16_TILE, Strides};
 use crate::engine::ops::gemm_sg::{self, SubgroupTile};
+use crate::engine::ops::pool::Pool2d;
 use crate::engine::ops::reduce::column_sums;
 use crate::engine::ops::shader_pair;
 use crate::engine::{Gpu, Shader, Tensor};
@@ -76,12 +77,16 @@ pub struct Epilogue<'a> {
     /// Added before the ReLU: a residual block's shortcut.
     pub residual: Option<&'a Tensor>,
     pub relu: bool,
+    /// Max-pool the output 2×2, stride 2 (oh and ow even; not with a
+    /// residual): the output is [n, oh / 2, ow / 2, cout].
+    pub pool: bool,
 }
 
 impl Epilogue<'_> {
     pub const RELU: Epilogue<'static> = Epilogue {
         residual: None,
         relu: true,
+        pool: false,
     };
 }
 
@@ -326,9 +331,10 @@ impl Conv2d {
     }
 
     /// conv(x, w) + b (+ a residual of y's shape), then max(·, 0) if `relu`,
-    /// all in the product's epilogue, for inference: without the im2col
-    /// matrix where the adapter has the implicit-im2col kernel for this
-    /// shape (and no residual), else through it.
+    /// then a 2×2 max-pool if `pool`, all in the product's epilogue, for
+    /// inference: without the im2col matrix where the adapter has the
+    /// implicit-im2col kernel for this shape (and no residual), else through
+    /// it and, for the pool, a pass of its own.
     pub fn infer(
         &self,
         gpu: &Gpu,
@@ -337,10 +343,23 @@ impl Conv2d {
         b: &Tensor,
         then: Epilogue,
     ) -> Result<Tensor> {
+        ensure!(
+            !then.pool
+                || (then.residual.is_none()
+                    && self.oh.is_multiple_of(2)
+                    && self.ow.is_multiple_of(2)),
+            "conv2d: a 2×2 pool in the epilogue needs an even output ({}×{}) and no residual",
+            self.oh,
+            self.ow
+        );
         if let (Some(kernel), None) = (self.implicit_kernel(gpu), then.residual) {
-            return self.forward_implicit(gpu, kernel, [x, w, b], then.relu);
+            return self.forward_implicit(gpu, kernel, [x, w, b], then);
         }
-        Ok(self.forward_then(gpu, x, w, b, then)?.0)
+        let y = self.forward_then(gpu, x, w, b, then)?.0;
+        if !then.pool {
+            return Ok(y);
+        }
+        Ok(Pool2d::new(y.shape(), 2, 2)?.max_forward(gpu, &y)?.0)
     }
 
     /// The implicit-im2col kernel for this adapter and shape: subgroups of a
@@ -364,7 +383,7 @@ impl Conv2d {
             ref source,
         }: &'static ImplicitKernel,
         [x, w, b]: [&Tensor; 3],
-        relu: bool,
+        then: Epilogue,
     ) -> Result<Tensor> {
         ensure!(
             x.shape() == [self.n, self.h, self.w, self.cin]
@@ -375,13 +394,17 @@ impl Conv2d {
             w.shape(),
             b.shape()
         );
-        let y = gpu.empty(&self.output_shape())?;
+        let shape = self.output_shape();
+        let y = match then.pool {
+            false => gpu.empty(&shape)?,
+            true => gpu.empty(&[shape[0], shape[1] / 2, shape[2] / 2, shape[3]])?,
+        };
         let col_blocks = self.cout.div_ceil(tile.cols());
         let tiles = self.m().div_ceil(tile.rows) * col_blocks;
         let params = ImplicitParams {
             m: self.m() as u32,
             n: self.cout as u32,
-            flags: 1 | (relu as u32) << 2,
+            flags: 1 | (then.relu as u32) << 2 | (then.pool as u32) << 4,
             col_blocks: col_blocks as u32,
             tiles: tiles as u32,
             h: self.h as u32,

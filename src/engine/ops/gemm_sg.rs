@@ -54,8 +54,13 @@ pub fn source(tile: SubgroupTile) -> String {
     accumulate_rows_layout(&mut out, tile);
     accumulate_transposed(&mut out, tile);
     emit!(out, "  if (mine >= n4) {{ return; }}");
+    emit!(out, "  var bias_v = vec4<f32>();");
+    emit!(
+        out,
+        "  if ((p.flags & 1u) != 0u) {{ bias_v = bias[col4]; }}"
+    );
     for r in 0..tile.rows {
-        emit!(out, "  store(i0 + {r}u, col4, s{r});");
+        emit!(out, "  store(i0 + {r}u, col4, s{r}, bias_v);");
     }
     emit!(out, "}}");
     out
@@ -109,11 +114,12 @@ struct Params {{
 
 override A_ROWS: bool = true;
 
-fn store(row: u32, col4: u32, s: vec4<f32>) {{
+// `bias_v` is bias[col4] or zeros, loaded once per lane rather than once per row (a lane's vec4 load is
+// as dear as its FMAs for a dozen rows).
+fn store(row: u32, col4: u32, s: vec4<f32>, bias_v: vec4<f32>) {{
   if (row < p.m) {{
-    var v = s;
+    var v = s + bias_v;
     let i = row * (p.n / 4u) + col4;
-    if ((p.flags & 1u) != 0u) {{ v += bias[col4]; }}
     if ((p.flags & 8u) != 0u) {{ v += residual[i]; }}
     if ((p.flags & 4u) != 0u) {{ v = max(v, vec4<f32>()); }}
     c[i] = v;
@@ -200,10 +206,14 @@ pub fn conv_source(tile: SubgroupTile) -> String {
 // tile per {l}-lane subgroup) with A = im2col(x) read in place: lane l of group
 // g owns output pixel i0 + {l}g + l and loads the vec4 of 4 channels of each
 // tap from x (cin % 4 == 0, cout % 4 == 0; checked by the host).
+//
+// With flag 16 the output is max-pooled 2×2, stride 2 (oh and ow even): row i
+// is then tap i % 4 of pooling window i / 4, so each window's four pixels are
+// four rows of one tile, and the tile stores {pooled} pooled rows, not {r}.
 // Written by src/engine/ops/gemm_sg.rs.
 
 struct Params {{
-  m: u32, n: u32, flags: u32, col_blocks: u32,  // flags: 1 = add bias, 4 = ReLU
+  m: u32, n: u32, flags: u32, col_blocks: u32,  // flags: 1 = add bias, 4 = ReLU, 16 = 2×2 max-pool
   tiles: u32, h: u32, w: u32, cin4: u32,
   oh: u32, ow: u32, kh: u32, kw: u32,
   stride: u32, pad_top: u32, pad_left: u32, pad: u32,
@@ -215,10 +225,11 @@ struct Params {{
 @group(0) @binding(3) var<storage, read> bias: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read_write> c: array<vec4<f32>>;
 
-fn store(row: u32, col4: u32, s: vec4<f32>) {{
-  if (row < p.m) {{
-    var v = s;
-    if ((p.flags & 1u) != 0u) {{ v += bias[col4]; }}
+// Row `row` of `rows` (the pooled rows with flag 16). The bias and the ReLU
+// commute with the max-pool, so they come after it.
+fn store(row: u32, rows: u32, col4: u32, s: vec4<f32>, bias_v: vec4<f32>) {{
+  if (row < rows) {{
+    var v = s + bias_v;
     if ((p.flags & 4u) != 0u) {{ v = max(v, vec4<f32>()); }}
     c[row * (p.n / 4u) + col4] = v;
   }}
@@ -233,17 +244,27 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
   let n4 = p.n / 4u;
   let mine = (tile % p.col_blocks) * {l}u + lane;   // this lane's vec4 column
   let col4 = min(mine, n4 - 1u);",
-        cols = 4 * l
+        cols = 4 * l,
+        pooled = r / 4
     );
     for row in 0..r {
         emit!(out, "  var s{row} = vec4<f32>();");
     }
     let groups = r / l;
+    emit!(out, "  let pooled = (p.flags & 16u) != 0u;");
     for g in 0..groups {
         emit!(out, "  let m{g} = min(i0 + {}u + lane, p.m - 1u);", l * g);
-        emit!(out, "  let ox{g} = m{g} % p.ow;");
-        emit!(out, "  let oy{g} = (m{g} / p.ow) % p.oh;");
-        emit!(out, "  let img{g} = m{g} / (p.ow * p.oh) * p.h;");
+        emit!(out, "  var ox{g} = m{g} % p.ow;");
+        emit!(out, "  var oy{g} = (m{g} / p.ow) % p.oh;");
+        emit!(out, "  var img{g} = m{g} / (p.ow * p.oh) * p.h;");
+        emit!(out, "  if (pooled) {{");
+        emit!(out, "    let win = m{g} / 4u;");
+        emit!(out, "    let pw = p.ow / 2u;");
+        emit!(out, "    let ph = p.oh / 2u;");
+        emit!(out, "    ox{g} = win % pw * 2u + m{g} % 2u;");
+        emit!(out, "    oy{g} = win / pw % ph * 2u + m{g} / 2u % 2u;");
+        emit!(out, "    img{g} = win / (pw * ph) * p.h;");
+        emit!(out, "  }}");
         emit!(out, "  let iy{g} = i32(oy{g} * p.stride) - i32(p.pad_top);");
         emit!(
             out,
@@ -279,8 +300,23 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     emit!(out, "    }}");
     emit!(out, "  }}");
     emit!(out, "  if (mine >= n4) {{ return; }}");
+    emit!(out, "  var bias_v = vec4<f32>();");
+    emit!(
+        out,
+        "  if ((p.flags & 1u) != 0u) {{ bias_v = bias[col4]; }}"
+    );
+    emit!(out, "  if (pooled) {{");
+    for w in 0..r / 4 {
+        let [a, b, c, d] = [4 * w, 4 * w + 1, 4 * w + 2, 4 * w + 3];
+        emit!(
+            out,
+            "    store(i0 / 4u + {w}u, p.m / 4u, col4, max(max(s{a}, s{b}), max(s{c}, s{d})), bias_v);"
+        );
+    }
+    emit!(out, "    return;");
+    emit!(out, "  }}");
     for row in 0..r {
-        emit!(out, "  store(i0 + {row}u, col4, s{row});");
+        emit!(out, "  store(i0 + {row}u, p.m, col4, s{row}, bias_v);");
     }
     emit!(out, "}}");
     out
