@@ -41,6 +41,25 @@ fn max_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
   arg_out[o] = best_tap;
 }
 
+// y[n, oy, ox, c] = max over the window, without the taps: for inference,
+// where no backward pass reads them (a stream of stores and selects less).
+@compute @workgroup_size(64)
+fn max_forward_values(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+  let t = wg.x * 64u + li;
+  if (t >= p.ow * p.c) { return; }
+  let oy = wg.y;
+  let n = wg.z;
+  let ox_c = divmod(t, p.c);
+  var best = V(-3.40282346e38);
+  for (var ky = 0u; ky < p.size; ky++) {
+    let row = (n * p.h + oy * p.stride + ky) * p.w;
+    for (var kx = 0u; kx < p.size; kx++) {
+      best = max(best, x[(row + ox_c.x * p.stride + kx) * p.c + ox_c.y]);
+    }
+  }
+  y[((n * p.oh + oy) * p.ow) * p.c + t] = best;
+}
+
 // The windows covering input index i along one axis: o in [lo, hi] (empty when lo > hi).
 fn covering(i: u32, out_size: u32) -> vec2<u32> {
   let hi = min(divmod(i, p.stride).x, out_size - 1u);

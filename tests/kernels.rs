@@ -284,6 +284,12 @@ fn max_pool_forward_backward() {
             &read(&gpu, &y),
             &want,
         );
+        let values = p.max_values(&gpu, &upload(&gpu, &input, &x)).unwrap();
+        check(
+            &format!("max_pool_values {input:?} {size}/{stride}"),
+            &read(&gpu, &values),
+            &want,
+        );
         let dx = p
             .max_backward(&gpu, &upload(&gpu, &p.output_shape(), &dy), &arg)
             .unwrap();

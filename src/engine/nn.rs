@@ -105,6 +105,10 @@ pub fn add(tape: &Tape, a: &Tensor, b: &Tensor) -> Result<Tensor> {
 
 pub fn max_pool(tape: &Tape, x: &Tensor, size: usize, stride: usize) -> Result<Tensor> {
     let pool = Pool2d::new(x.shape(), size, stride)?;
+    if !tape.is_tracked(x) {
+        // No gradient will flow back: the winning taps are not needed.
+        return pool.max_values(tape.gpu(), x);
+    }
     let (y, arg) = pool.max_forward(tape.gpu(), x)?;
     tape.record(&[x], &y, move |gpu, dy, _| {
         Ok(vec![Some(pool.max_backward(gpu, dy, &arg)?)])

@@ -359,7 +359,7 @@ impl Conv2d {
         if !then.pool {
             return Ok(y);
         }
-        Ok(Pool2d::new(y.shape(), 2, 2)?.max_forward(gpu, &y)?.0)
+        Pool2d::new(y.shape(), 2, 2)?.max_values(gpu, &y)
     }
 
     /// The implicit-im2col kernel for this adapter and shape: subgroups of a

@@ -126,6 +126,28 @@ impl Pool2d {
         Ok((y, arg))
     }
 
+    /// y alone, for inference (no winning taps kept).
+    pub fn max_values(&self, gpu: &Gpu, x: &Tensor) -> Result<Tensor> {
+        ensure!(
+            x.shape() == [self.n, self.h, self.w, self.c],
+            "max pool: input {:?} for {self:?}",
+            x.shape()
+        );
+        let y = gpu.empty(&self.output_shape())?;
+        let k = gpu.kernel(
+            SHADERS.pick(self.c.is_multiple_of(4)),
+            "max_forward_values",
+            &[],
+        );
+        gpu.dispatch_xyz(
+            &k,
+            bytemuck::bytes_of(&self.params()),
+            &[(1, x), (3, &y)],
+            self.out_grid(),
+        )?;
+        Ok(y)
+    }
+
     pub fn max_backward(&self, gpu: &Gpu, dy: &Tensor, arg: &Tensor) -> Result<Tensor> {
         let dx = gpu.empty(&[self.n, self.h, self.w, self.c])?;
         let entry = if self.size == self.stride {
