@@ -56,6 +56,25 @@ fn im2col(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
 @group(0) @binding(3) var<storage, read> image: array<f32>;
 @group(0) @binding(4) var<storage, read_write> cols4: array<vec4<f32>>;
 
+// The pixel that tap (ky, kx, ci) of column k sees for output (n, oy, ox),
+// zero in the padding and past k. Branch-free: a select of a clamped load,
+// so that the lanes of a subgroup never diverge.
+fn tap_x4(n: u32, oy: u32, ox: u32, k: u32, t: vec3<u32>) -> f32 {
+  let iy = i32(oy * p.stride + t.x) - i32(p.pad_top);
+  let ix = i32(ox * p.stride + t.y) - i32(p.pad_left);
+  let inside = k < p.k && iy >= 0 && iy < i32(p.h) && ix >= 0 && ix < i32(p.w);
+  let at = ((n * p.h + u32(max(iy, 0))) * p.w + u32(max(ix, 0))) * p.cin + t.z;
+  return select(0.0, image[select(0u, at, inside)], inside);
+}
+
+// The tap after (ky, kx, ci): channel, then kernel column, then kernel row.
+fn next_tap(t: vec3<u32>) -> vec3<u32> {
+  var u = t + vec3<u32>(0u, 0u, 1u);
+  if (u.z == p.cin) { u = vec3<u32>(u.x, u.y + 1u, 0u); }
+  if (u.y == p.kw) { u = vec3<u32>(u.x + 1u, 0u, u.z); }
+  return u;
+}
+
 @compute @workgroup_size(64)
 fn im2col_x4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
   let ld4 = p.ld / 4u;  // p.ld counts floats here (a multiple of 4)
@@ -66,26 +85,20 @@ fn im2col_x4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_ind
   let ox_j = divmod(t, ld4);
   let ox = ox_j.x;
   let k0 = ox_j.y * 4u;
-  var tap_ci = divmod(k0, p.cin);
-  var ky_kx = divmod(tap_ci.x, p.kw);
-  var v = vec4<f32>(0.0);
-  for (var i = 0u; i < 4u; i++) {
-    let iy = i32(oy * p.stride + ky_kx.x) - i32(p.pad_top);
-    let ix = i32(ox * p.stride + ky_kx.y) - i32(p.pad_left);
-    if (k0 + i < p.k && iy >= 0 && iy < i32(p.h) && ix >= 0 && ix < i32(p.w)) {
-      v[i] = image[((n * p.h + u32(iy)) * p.w + u32(ix)) * p.cin + tap_ci.y];
-    }
-    // The next tap: channel, then kernel column, then kernel row.
-    tap_ci.y += 1u;
-    if (tap_ci.y == p.cin) {
-      tap_ci.y = 0u;
-      ky_kx.y += 1u;
-      if (ky_kx.y == p.kw) {
-        ky_kx.y = 0u;
-        ky_kx.x += 1u;
-      }
-    }
-  }
+  let tap_ci = divmod(k0, p.cin);
+  let ky_kx = divmod(tap_ci.x, p.kw);
+  // Four taps unrolled with fixed components: a vec4 indexed by a loop
+  // counter would live in memory.
+  let t0 = vec3<u32>(ky_kx.x, ky_kx.y, tap_ci.y);
+  let t1 = next_tap(t0);
+  let t2 = next_tap(t1);
+  let t3 = next_tap(t2);
+  let v = vec4<f32>(
+    tap_x4(n, oy, ox, k0, t0),
+    tap_x4(n, oy, ox, k0 + 1u, t1),
+    tap_x4(n, oy, ox, k0 + 2u, t2),
+    tap_x4(n, oy, ox, k0 + 3u, t3),
+  );
   cols4[((n * p.oh + oy) * p.ow + ox) * ld4 + ox_j.y] = v;
 }
 
