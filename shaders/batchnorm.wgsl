@@ -81,6 +81,25 @@ fn normalize(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_ind
   }
 }
 
+// Inference: y = (x − mean) · invstd · gamma + beta + e5 (a residual block's
+// shortcut), then the ReLU with RELU: the add and the ReLU after a batch norm
+// without passes of their own. Bindings as normalize, e5 = the shortcut.
+@compute @workgroup_size(32)
+fn normalize_add(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+  let col = wg.x * 32u + li;
+  if (col >= p.c) { return; }
+  let scale = b[p.c + col] * c3[col];
+  let shift = d4[col] - b[col] * scale;
+  let start = wg.y * ROWS;
+  let end = min(start + ROWS, p.m);
+  for (var r = start; r < end; r++) {
+    let i = r * p.c + col;
+    var v = a[i] * scale + shift + e5[i];
+    if (RELU) { v = max(v, V(0.0)); }
+    out[i] = v;
+  }
+}
+
 // dx = gamma · invstd · (dy − Σdy / m − xhat · Σ(dy·xhat) / m).
 // a = x, b = dy, c3 = stats, d4 = gamma, e5 = [Σdy | Σdy·xhat] → out = dx;
 // with RELU, dy is first masked where relu_out is zero.

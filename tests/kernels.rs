@@ -396,6 +396,23 @@ fn batchnorm_forward_train_infer_backward() {
             &read(&gpu, &y),
             &want,
         );
+        // With a residual added, then with the ReLU after the sum too.
+        let r = random(&mut rng, m * c);
+        let rt = upload(&gpu, &[m, c], &r);
+        let plus = elementwise::cpu::add(&want, &f64s(&r));
+        for (op, want) in [
+            (bn, plus.clone()),
+            (BatchNorm::with_relu(c), elementwise::cpu::relu(&plus)),
+        ] {
+            let y = op.forward_infer_add(&gpu, &xt, &params, &rt).unwrap();
+            let what = format!("batchnorm_forward_infer_add {m}x{c} relu={}", op.relu);
+            check(&what, &read(&gpu, &y), &want);
+        }
+        let short = upload(&gpu, &[c], &gamma);
+        let e = bn
+            .forward_infer_add(&gpu, &xt, &params, &short)
+            .unwrap_err();
+        assert!(e.to_string().contains("residual"), "{e}");
 
         let (y, stats) = bn.forward_train(&gpu, &xt, &params).unwrap();
         let (want, mean, var) =

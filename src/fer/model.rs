@@ -678,14 +678,29 @@ impl Model {
                     }
                 }
             }
-            StepOp::BatchNorm { params, relu } => {
+            StepOp::BatchNorm {
+                params,
+                relu,
+                residual,
+            } => {
                 let bn = BnParams {
                     gamma: p(params[0]),
                     beta: p(params[1]),
                     moving_mean: p(params[2]),
                     moving_var: p(params[3]),
                 };
-                if relu {
+                if residual {
+                    ensure!(
+                        !training,
+                        "the inference plan cannot train (residual epilogues)"
+                    );
+                    let channels = *inputs[0].shape().last().unwrap_or(&0);
+                    let op = batchnorm::BatchNorm {
+                        relu,
+                        ..batchnorm::BatchNorm::new(channels)
+                    };
+                    op.forward_infer_add(&self.gpu, inputs[0], &bn, inputs[1])?
+                } else if relu {
                     nn::batch_norm_relu(tape, inputs[0], &bn, training)?
                 } else {
                     nn::batch_norm(tape, inputs[0], &bn, training)?

@@ -52,6 +52,9 @@ pub enum StepOp {
     BatchNorm {
         params: [usize; 4],
         relu: bool,
+        /// The step's second input is added before the ReLU (a residual add
+        /// folded in; inference plans).
+        residual: bool,
     },
     Relu,
     MaxPool {
@@ -126,7 +129,7 @@ impl Plan {
     pub fn inference(arch: &Architecture) -> Plan {
         let mut plan = Plan::of(arch);
         for i in 0..plan.steps.len() {
-            let StepOp::BatchNorm { params, relu } = plan.steps[i].op else {
+            let StepOp::BatchNorm { params, relu, .. } = plan.steps[i].op else {
                 continue;
             };
             let [conv] = plan.steps[i].inputs[..] else {
@@ -190,10 +193,10 @@ impl Plan {
             .collect()
     }
 
-    /// If step `add` adds a folded convolution (reached through aliases
-    /// read by nothing else) to a shortcut computed before it, and only a
-    /// ReLU reads the sum: the convolution adds the shortcut and applies the
-    /// ReLU itself, and the add and the ReLU become aliases.
+    /// If step `add` adds a folded convolution or a batch norm (reached
+    /// through aliases read by nothing else) to a shortcut computed before
+    /// it, and only a ReLU reads the sum: that step adds the shortcut and
+    /// applies the ReLU itself, and the add and the ReLU become aliases.
     fn fold_residual_add(&mut self, add: usize) {
         let (StepOp::Add, &[a, b]) = (&self.steps[add].op, &self.steps[add].inputs[..]) else {
             return;
@@ -211,18 +214,20 @@ impl Plan {
             }
             let sole_reader = self.readers(conv).len() == 1;
             let step = &mut self.steps[conv];
-            let StepOp::Conv {
-                folded: Some(fold),
-                residual,
-                ..
-            } = &mut step.op
-            else {
-                continue;
+            let (then_relu, residual) = match &mut step.op {
+                StepOp::Conv {
+                    folded: Some(fold),
+                    residual,
+                    pool: false,
+                    ..
+                } => (&mut fold.relu, residual),
+                StepOp::BatchNorm { relu, residual, .. } => (relu, residual),
+                _ => continue,
             };
-            if fold.relu || *residual || !sole_reader || shortcut > conv {
+            if *then_relu || *residual || !sole_reader || shortcut > conv {
                 continue;
             }
-            fold.relu = true;
+            *then_relu = true;
             *residual = true;
             step.inputs.push(shortcut);
             step.label = Arc::from(format!("{} {}", op_name(&step.op), step.layer));
@@ -278,6 +283,7 @@ fn step_op(arch: &Architecture, i: usize) -> StepOp {
                 layer.params[3],
             ],
             relu: relu_fused_into(arch, i + 1),
+            residual: false,
         },
         Op::Relu if relu_fused_into(arch, i) => StepOp::Alias,
         Op::Relu => StepOp::Relu,
@@ -317,6 +323,7 @@ fn op_name(op: &StepOp) -> &'static str {
             folded: Some(FoldedBn { relu: true, .. }),
             ..
         } => "conv2d+bn+relu",
+        StepOp::BatchNorm { residual: true, .. } => "batchnorm+add+relu",
         StepOp::BatchNorm { relu: true, .. } => "batchnorm+relu",
         StepOp::BatchNorm { relu: false, .. } => "batchnorm",
         StepOp::Relu => "relu",
@@ -461,6 +468,29 @@ mod tests {
         };
         assert_eq!(pooled(&train), (0, 5));
         assert_eq!(pooled(&infer), (4, 1));
+        // A convolution block's add: its pooled shortcut's batch norm adds
+        // the main path (ready before it) and applies the ReLU.
+        assert!(matches!(
+            step("bn_2_conv_copy").op,
+            StepOp::BatchNorm {
+                relu: true,
+                residual: true,
+                ..
+            }
+        ));
+        assert_eq!(
+            &*step("bn_2_conv_copy").label,
+            "batchnorm+add+relu bn_2_conv_copy"
+        );
+        assert_eq!(step("add").op, StepOp::Alias);
+        assert_eq!(step("activation_3").op, StepOp::Alias);
+        let residuals = infer.steps.iter().filter(|s| {
+            matches!(
+                s.op,
+                StepOp::Conv { residual: true, .. } | StepOp::BatchNorm { residual: true, .. }
+            )
+        });
+        assert_eq!(residuals.count(), 6, "every add of the model is folded");
         // Every other step is unchanged.
         let bns = |p: &Plan| {
             p.steps

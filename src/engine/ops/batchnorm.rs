@@ -147,15 +147,54 @@ impl BatchNorm {
     /// Inference mode: normalise with the moving averages.
     pub fn forward_infer(&self, gpu: &Gpu, x: &Tensor, p: &BnParams) -> Result<Tensor> {
         let m = self.rows(x)?;
-        let params = self.params(m);
+        let stats = self.moving_stats(gpu, p, m)?;
+        self.apply(gpu, x, &stats, p, m)
+    }
+
+    /// Inference mode with a residual: BN(x) + residual (then the ReLU when
+    /// fused), one pass.
+    pub fn forward_infer_add(
+        &self,
+        gpu: &Gpu,
+        x: &Tensor,
+        p: &BnParams,
+        residual: &Tensor,
+    ) -> Result<Tensor> {
+        let m = self.rows(x)?;
+        ensure!(
+            residual.shape() == x.shape(),
+            "batch norm: residual {:?} for input {:?}",
+            residual.shape(),
+            x.shape()
+        );
+        let stats = self.moving_stats(gpu, p, m)?;
+        let y = gpu.empty(x.shape())?;
+        gpu.dispatch_xyz(
+            &self.kernel(gpu, "normalize_add"),
+            bytemuck::bytes_of(&self.params(m)),
+            &[
+                (1, x),
+                (2, &stats),
+                (3, p.gamma),
+                (4, p.beta),
+                (5, residual),
+                (6, &y),
+            ],
+            [self.groups(), m.div_ceil(ROWS) as u32, 1],
+        )?;
+        Ok(y)
+    }
+
+    /// [mean | invstd] from the moving averages.
+    fn moving_stats(&self, gpu: &Gpu, p: &BnParams, m: usize) -> Result<Tensor> {
         let stats = gpu.empty(&[2, self.c])?;
         gpu.dispatch(
             &self.kernel(gpu, "from_moving"),
-            bytemuck::bytes_of(&params),
+            bytemuck::bytes_of(&self.params(m)),
             &[(1, p.moving_mean), (2, p.moving_var), (6, &stats)],
             self.groups(),
         )?;
-        self.apply(gpu, x, &stats, p, m)
+        Ok(stats)
     }
 
     fn apply(
