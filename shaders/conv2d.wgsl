@@ -129,6 +129,28 @@ fn col2im(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
   dst[((n * p.h + iy) * p.w) * p.cin + t] = s;
 }
 
+// transpose in 4 × 4 blocks (h % 4 == 0, w % 4 == 0): one invocation loads four vec4s of src (rows 4bi ..
+// 4bi + 3) and stores four vec4s of dst, 8 lane loads and stores per 16 values instead of 32; grid
+// (ceil(w / 4 / 64), h / 4). Explicitly vec4 (src4, cols4), so it compiles in both builds.
+@group(0) @binding(5) var<storage, read> src4: array<vec4<f32>>;
+
+@compute @workgroup_size(64)
+fn transpose4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+  let w4 = p.w / 4u;
+  let h4 = p.h / 4u;
+  let bj = wg.x * 64u + li;
+  let bi = wg.y;
+  if (bj >= w4) { return; }
+  let r0 = src4[(4u * bi) * w4 + bj];
+  let r1 = src4[(4u * bi + 1u) * w4 + bj];
+  let r2 = src4[(4u * bi + 2u) * w4 + bj];
+  let r3 = src4[(4u * bi + 3u) * w4 + bj];
+  cols4[(4u * bj) * h4 + bi] = vec4<f32>(r0.x, r1.x, r2.x, r3.x);
+  cols4[(4u * bj + 1u) * h4 + bi] = vec4<f32>(r0.y, r1.y, r2.y, r3.y);
+  cols4[(4u * bj + 2u) * h4 + bi] = vec4<f32>(r0.z, r1.z, r2.z, r3.z);
+  cols4[(4u * bj + 3u) * h4 + bi] = vec4<f32>(r0.w, r1.w, r2.w, r3.w);
+}
+
 // dst[j, i] = src[i, j] for src of shape [rows = h, cols = w]; grid (ceil(w / 64), h).
 @compute @workgroup_size(64)
 fn transpose(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {

@@ -1108,6 +1108,31 @@ fn conv2d_inference_with_and_without_im2col() {
     }
 }
 
+/// `conv2d::transpose` (the kernels' transposes for grad_input): the 4 × 4
+/// block kernel where both sizes are multiples of 4, the scalar one elsewhere.
+#[test]
+fn transpose_in_blocks_and_by_value() {
+    let gpu = gpu();
+    let mut rng = rng();
+    for (rows, cols) in [
+        (4, 8),
+        (576, 64),
+        (8, 260),
+        (1152, 128),
+        (5, 7),
+        (49, 64),
+        (12, 3),
+    ] {
+        let x = random(&mut rng, rows * cols);
+        let y = conv2d::transpose(&gpu, &upload(&gpu, &[rows, cols], &x), rows, cols).unwrap();
+        assert_eq!(y.shape(), [cols, rows]);
+        let want: Vec<f64> = (0..cols * rows)
+            .map(|o| x[(o % rows) * cols + o / rows] as f64)
+            .collect();
+        check(&format!("transpose {rows}x{cols}"), &read(&gpu, &y), &want);
+    }
+}
+
 /// A 2×2, stride-2 max-pool in the convolution's epilogue (`Conv2d::infer`
 /// with `Epilogue::pool`): in the implicit-im2col kernel where the adapter
 /// has it (counted), a pool pass after the product elsewhere; both equal

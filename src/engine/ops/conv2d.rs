@@ -536,6 +536,9 @@ impl Conv2d {
 }
 
 /// A row-major [rows, cols] matrix transposed to [cols, rows].
+/// xᵀ for x of shape [rows, cols]: in 4 × 4 blocks of vec4s when both are
+/// multiples of 4 (every convolution kernel but the gray input's), else
+/// value by value.
 pub fn transpose(gpu: &Gpu, x: &Tensor, rows: usize, cols: usize) -> Result<Tensor> {
     ensure!(
         x.len() == rows * cols,
@@ -548,6 +551,16 @@ pub fn transpose(gpu: &Gpu, x: &Tensor, rows: usize, cols: usize) -> Result<Tens
         w: cols as u32,
         ..Params::zeroed()
     };
+    if rows.is_multiple_of(4) && cols.is_multiple_of(4) {
+        let k = gpu.kernel(&SHADERS.scalar, "transpose4", &[]);
+        gpu.dispatch_xyz(
+            &k,
+            bytemuck::bytes_of(&params),
+            &[(5, x), (4, &out)],
+            [(cols / 4).div_ceil(64) as u32, (rows / 4) as u32, 1],
+        )?;
+        return Ok(out);
+    }
     let k = gpu.kernel(&SHADERS.scalar, "transpose", &[]);
     gpu.dispatch_xyz(
         &k,
