@@ -272,6 +272,81 @@ fn residual_network_gradients_match_cpu_references() {
     }
 }
 
+// ------------------------------------------------------------------ 1b. a block's end, fused
+
+/// `nn::batch_norm_add_relu` (training mode) against the three ops it
+/// replaces, batch_norm → add → relu: the same output and the same gradients
+/// for x, gamma, beta and the shortcut, from a random dy. The shortcut keeps
+/// every ReLU input 0.05 from zero (the two orders of summation may differ
+/// in the last bits).
+#[test]
+fn batch_norm_add_relu_equals_its_three_ops() {
+    let gpu = gpu();
+    let mut rng = rng();
+    for (m, c) in [(50, 8), (37, 3), (200, 64)] {
+        let eps = batchnorm::EPSILON as f64;
+        let x: Vec<f32> = random(&mut rng, m * c)
+            .iter()
+            .map(|v| 2.0 * v + 0.3)
+            .collect();
+        let (gamma, beta) = (random(&mut rng, c), random(&mut rng, c));
+        // The shortcut, nudged where the sum would come near zero.
+        let (bn, _, _) =
+            batchnorm::cpu::forward_train(&f64s(&x), c, &f64s(&gamma), &f64s(&beta), eps);
+        let r: Vec<f32> = random(&mut rng, m * c)
+            .iter()
+            .zip(&bn)
+            .map(|(&r, &b)| match b + r as f64 {
+                s if s.abs() < 0.05 => r + 0.1 * s.signum() as f32,
+                _ => r,
+            })
+            .collect();
+        let dy = random(&mut rng, m * c);
+        let run = |fused: bool| {
+            let t = |v: &[f32], shape: &[usize]| upload(&gpu, shape, v);
+            let (xt, rt) = (t(&x, &[m, c]), t(&r, &[m, c]));
+            let (gt, bt) = (t(&gamma, &[c]), t(&beta, &[c]));
+            let (mm, mv) = (t(&vec![0.0; c], &[c]), t(&vec![1.0; c], &[c]));
+            let p = BnParams {
+                gamma: &gt,
+                beta: &bt,
+                moving_mean: &mm,
+                moving_var: &mv,
+            };
+            let tape = Tape::new(&gpu);
+            for w in [&xt, &rt, &gt, &bt] {
+                tape.watch(w);
+            }
+            let y = if fused {
+                nn::batch_norm_add_relu(&tape, &xt, &rt, &p, true).unwrap()
+            } else {
+                let bn = nn::batch_norm(&tape, &xt, &p, true).unwrap();
+                let sum = nn::add(&tape, &bn, &rt).unwrap();
+                nn::relu(&tape, &sum).unwrap()
+            };
+            let values = read(&gpu, &y);
+            let grads = tape.backward(&y, upload(&gpu, &[m, c], &dy)).unwrap();
+            let g = [&xt, &gt, &bt, &rt].map(|w| read(&gpu, grads.get(w).unwrap()));
+            (values, g, read(&gpu, &mm))
+        };
+        let (y, g, moving) = run(true);
+        let (want_y, want_g, want_moving) = run(false);
+        let f = |v: &[f32]| f64s(v);
+        check(&format!("fused block end {m}x{c}"), &y, &f(&want_y));
+        check(&format!("moving mean {m}x{c}"), &moving, &f(&want_moving));
+        for (name, (got, want)) in ["x", "gamma", "beta", "shortcut"]
+            .iter()
+            .zip(g.iter().zip(&want_g))
+        {
+            check(
+                &format!("fused block end {m}x{c}: gradient of {name}"),
+                got,
+                &f(want),
+            );
+        }
+    }
+}
+
 // ------------------------------------------------------------------ 2. fan-out
 
 /// z = add(add(relu(x), x), relu(x)) with one relu node: relu(x) and x both

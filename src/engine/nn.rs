@@ -62,6 +62,37 @@ pub fn batch_norm_relu(tape: &Tape, x: &Tensor, p: &BnParams, training: bool) ->
     batch_norm_as(BatchNorm::with_relu(last_dim(x)), tape, x, p, training)
 }
 
+/// relu(BN(x) + shortcut): a residual block's end in one pass forward; the
+/// backward masks dy once by the output and hands it to the shortcut and to
+/// the batch norm's (ReLU-fused) backward.
+pub fn batch_norm_add_relu(
+    tape: &Tape,
+    x: &Tensor,
+    shortcut: &Tensor,
+    p: &BnParams,
+    training: bool,
+) -> Result<Tensor> {
+    let bn = BatchNorm::with_relu(last_dim(x));
+    if !training {
+        return bn.forward_infer_add(tape.gpu(), x, p, shortcut);
+    }
+    let (y, stats) = bn.forward_train_add(tape.gpu(), x, p, shortcut)?;
+    let (x2, y2, gamma) = (x.clone(), y.clone(), p.gamma.clone());
+    tape.record(
+        &[x, p.gamma, p.beta, shortcut],
+        &y,
+        move |gpu, dy, needs| {
+            let g = bn.backward(gpu, &x2, &y2, dy, &stats, &gamma)?;
+            let dshortcut = match needs[3] {
+                true => Some(elementwise::relu_backward(gpu, &y2, dy)?),
+                false => None,
+            };
+            Ok(vec![Some(g.dx), Some(g.dgamma), Some(g.dbeta), dshortcut])
+        },
+    );
+    Ok(y)
+}
+
 fn last_dim(x: &Tensor) -> usize {
     *x.shape().last().unwrap_or(&0)
 }

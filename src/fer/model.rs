@@ -690,16 +690,8 @@ impl Model {
                     moving_var: p(params[3]),
                 };
                 if residual {
-                    ensure!(
-                        !training,
-                        "the inference plan cannot train (residual epilogues)"
-                    );
-                    let channels = *inputs[0].shape().last().unwrap_or(&0);
-                    let op = batchnorm::BatchNorm {
-                        relu,
-                        ..batchnorm::BatchNorm::new(channels)
-                    };
-                    op.forward_infer_add(&self.gpu, inputs[0], &bn, inputs[1])?
+                    ensure!(relu, "a batch norm adds a residual only before a ReLU");
+                    nn::batch_norm_add_relu(tape, inputs[0], inputs[1], &bn, training)?
                 } else if relu {
                     nn::batch_norm_relu(tape, inputs[0], &bn, training)?
                 } else {

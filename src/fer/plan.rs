@@ -103,8 +103,22 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// The plan for training (and for inference where no batch norm can be
+    /// folded): a residual block's last batch norm adds the shortcut and
+    /// applies the ReLU (`batchnorm+add+relu`).
     pub fn of(arch: &Architecture) -> Plan {
-        let mut steps: Vec<Step> = arch
+        let mut plan = Plan::unfused(arch);
+        for add in 0..plan.steps.len() {
+            plan.fold_residual_add(add);
+        }
+        mark_last_uses(&mut plan.steps);
+        plan
+    }
+
+    /// One step per layer, with the rewrites every plan makes (padding,
+    /// cropping, batch norm + ReLU).
+    fn unfused(arch: &Architecture) -> Plan {
+        let steps: Vec<Step> = arch
             .layers
             .iter()
             .enumerate()
@@ -119,7 +133,6 @@ impl Plan {
                 }
             })
             .collect();
-        mark_last_uses(&mut steps);
         Plan { steps }
     }
 
@@ -127,7 +140,7 @@ impl Plan {
     /// a convolution read by nothing else folded into it (batch norms after a
     /// max-pool stay: folding through the pool needs positive scales).
     pub fn inference(arch: &Architecture) -> Plan {
-        let mut plan = Plan::of(arch);
+        let mut plan = Plan::unfused(arch);
         for i in 0..plan.steps.len() {
             let StepOp::BatchNorm { params, relu, .. } = plan.steps[i].op else {
                 continue;
@@ -409,21 +422,41 @@ mod tests {
             StepOp::BatchNorm { relu: true, .. }
         ));
         assert_eq!(step("activation").op, StepOp::Alias);
-        // A batch norm before an Add is not fused.
+        // Of a convolution block's two batch norms before its Add, the later
+        // one (the shortcut's) adds the other's output and applies the ReLU;
+        // in an identity block, the last batch norm adds the block's input.
         assert!(matches!(
             step("bn_2_conv_c").op,
-            StepOp::BatchNorm { relu: false, .. }
+            StepOp::BatchNorm {
+                relu: false,
+                residual: false,
+                ..
+            }
         ));
-        let fused = plan
-            .steps
-            .iter()
-            .filter(|s| matches!(s.op, StepOp::BatchNorm { relu: true, .. }))
-            .count();
-        let aliases = plan.steps.iter().filter(|s| s.op == StepOp::Alias).count();
+        for bn in ["bn_2_conv_copy", "bn_2_identity_1_c", "bn_3_identity_2_c"] {
+            assert!(
+                matches!(
+                    step(bn).op,
+                    StepOp::BatchNorm {
+                        relu: true,
+                        residual: true,
+                        ..
+                    }
+                ),
+                "{bn}"
+            );
+            assert_eq!(step(bn).inputs.len(), 2, "{bn}");
+        }
+        assert_eq!(step("add_1").op, StepOp::Alias);
+        let count = |f: fn(&StepOp) -> bool| plan.steps.iter().filter(|s| f(&s.op)).count();
+        let fused = count(|op| matches!(op, StepOp::BatchNorm { relu: true, .. }));
+        let residuals = count(|op| matches!(op, StepOp::BatchNorm { residual: true, .. }));
+        let aliases = count(|op| *op == StepOp::Alias);
+        assert_eq!(residuals, 6, "every add of the model");
         assert_eq!(
             aliases,
-            fused + 1,
-            "each fused ReLU and the padding are aliases"
+            fused + residuals + 1,
+            "each fused ReLU, each folded add and the padding are aliases"
         );
     }
 

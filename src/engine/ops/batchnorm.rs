@@ -123,25 +123,44 @@ impl BatchNorm {
     /// that the backward pass needs.
     pub fn forward_train(&self, gpu: &Gpu, x: &Tensor, p: &BnParams) -> Result<(Tensor, Tensor)> {
         let m = self.rows(x)?;
-        let params = self.params(m);
-        let bytes = bytemuck::bytes_of(&params);
-        let groups = self.groups();
+        let stats = self.batch_stats(gpu, x, p, m)?;
+        let y = self.apply(gpu, x, &stats, p, m)?;
+        Ok((y, stats))
+    }
+
+    /// Training mode with a residual: BN(x) + residual (then the ReLU when
+    /// fused) and the batch statistics. The backward is `backward`'s (with
+    /// the ReLU fused, it masks dy by this output, which is right for the sum).
+    pub fn forward_train_add(
+        &self,
+        gpu: &Gpu,
+        x: &Tensor,
+        p: &BnParams,
+        residual: &Tensor,
+    ) -> Result<(Tensor, Tensor)> {
+        let m = self.rows(x)?;
+        let stats = self.batch_stats(gpu, x, p, m)?;
+        let y = self.apply_add(gpu, x, &stats, p, residual, m)?;
+        Ok((y, stats))
+    }
+
+    /// [mean | invstd] of x's columns; updates the moving averages.
+    fn batch_stats(&self, gpu: &Gpu, x: &Tensor, p: &BnParams, m: usize) -> Result<Tensor> {
         let stats = gpu.empty(&[2, self.c])?;
         let (moments, split) = column_partials(gpu, Sum::Moments, x, None, None, None, self.c)?;
         debug_assert_eq!(split, Chunks::of(m));
         gpu.dispatch(
             &self.kernel(gpu, "stats"),
-            bytes,
+            bytemuck::bytes_of(&self.params(m)),
             &[
                 (1, &moments),
                 (6, &stats),
                 (7, p.moving_mean),
                 (8, p.moving_var),
             ],
-            groups,
+            self.groups(),
         )?;
-        let y = self.apply(gpu, x, &stats, p, m)?;
-        Ok((y, stats))
+        Ok(stats)
     }
 
     /// Inference mode: normalise with the moving averages.
@@ -161,20 +180,32 @@ impl BatchNorm {
         residual: &Tensor,
     ) -> Result<Tensor> {
         let m = self.rows(x)?;
+        let stats = self.moving_stats(gpu, p, m)?;
+        self.apply_add(gpu, x, &stats, p, residual, m)
+    }
+
+    fn apply_add(
+        &self,
+        gpu: &Gpu,
+        x: &Tensor,
+        stats: &Tensor,
+        p: &BnParams,
+        residual: &Tensor,
+        m: usize,
+    ) -> Result<Tensor> {
         ensure!(
             residual.shape() == x.shape(),
             "batch norm: residual {:?} for input {:?}",
             residual.shape(),
             x.shape()
         );
-        let stats = self.moving_stats(gpu, p, m)?;
         let y = gpu.empty(x.shape())?;
         gpu.dispatch_xyz(
             &self.kernel(gpu, "normalize_add"),
             bytemuck::bytes_of(&self.params(m)),
             &[
                 (1, x),
-                (2, &stats),
+                (2, stats),
                 (3, p.gamma),
                 (4, p.beta),
                 (5, residual),
