@@ -102,6 +102,43 @@ fn im2col_x4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_ind
   cols4[((n * p.oh + oy) * p.ow + ox) * ld4 + ox_j.y] = v;
 }
 
+// The gray input (cin = 1) as vec4s of four horizontal neighbours over the
+// padded image: x4[n, y, x] = image(y − pad_top, x − pad_left + 0..3), zeros
+// outside. A convolution then reads four taps of a kernel row as one vec4
+// (kernel columns in fours, dilation 4; see `Conv2d::infer`) instead of
+// through an im2col matrix 52 floats wide per pixel. Here oh, ow are x4's
+// (padded) height and width; grid (ceil(ow / 64), oh, n).
+@compute @workgroup_size(64)
+fn taps_x4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+  let x = wg.x * 64u + li;
+  if (x >= p.ow) { return; }
+  let y = wg.y;
+  let n = wg.z;
+  let t = vec3<u32>(y, x, 0u);
+  let v = vec4<f32>(
+    tap_x4(n, 0u, 0u, 0u, t),
+    tap_x4(n, 0u, 0u, 0u, t + vec3<u32>(0u, 1u, 0u)),
+    tap_x4(n, 0u, 0u, 0u, t + vec3<u32>(0u, 2u, 0u)),
+    tap_x4(n, 0u, 0u, 0u, t + vec3<u32>(0u, 3u, 0u)),
+  );
+  cols4[(n * p.oh + y) * p.ow + x] = v;
+}
+
+// A gray kernel's rows padded with zero columns to a multiple of 4:
+// w4[ky, kx, co] = w[ky, kx, co] for kx < kw, else 0 (cin = 1, co in vec4s
+// of src4 and cols4). Here k = the padded row length, ld = cout / 4.
+@compute @workgroup_size(64)
+fn pad_taps(@builtin(global_invocation_id) gid: vec3<u32>) {
+  let t = gid.x;
+  if (t >= p.kh * p.k * p.ld) { return; }
+  let co4 = t % p.ld;
+  let tap = t / p.ld;
+  let kx = tap % p.k;
+  let ky = tap / p.k;
+  let src_at = (ky * p.kw + min(kx, p.kw - 1u)) * p.ld + co4;
+  cols4[t] = select(vec4<f32>(), src4[src_at], kx < p.kw);
+}
+
 // One workgroup: a run of 64 (ix, ci) pairs of input row (n, iy).
 @compute @workgroup_size(64)
 fn col2im(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {

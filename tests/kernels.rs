@@ -31,6 +31,11 @@ fn conv_cases() -> Vec<([usize; 4], usize, usize, usize, Padding)> {
         // the kernel.
         ([2, 6, 5, 4], 3, 2, 1, Padding::Same),
         ([1, 4, 5, 3], 4, 3, 1, Padding::Zeros(3)),
+        // One input channel with vec4s out (the implicit kernel's gray path),
+        // kernels 3, 5 and 9 wide (one, two and three vec4s of columns).
+        ([1, 9, 10, 1], 8, 3, 1, Padding::Same),
+        ([2, 7, 6, 1], 4, 5, 2, Padding::Valid),
+        ([1, 12, 11, 1], 4, 9, 2, Padding::Zeros(4)),
         // The tutorial ResNet's convolutions (batch 2).
         ([2, 48, 48, 1], 64, 7, 2, Padding::Zeros(3)),
         ([2, 11, 11, 64], 64, 1, 1, Padding::Valid),
@@ -1087,7 +1092,7 @@ fn conv2d_inference_with_and_without_im2col() {
                 }
                 let what = format!("infer {choice:?} {c:?} relu={relu}");
                 check(&what, &read(&gpu, &y), &want);
-                if input[3] % 4 == 0 && cout % 4 == 0 && !c.is_pointwise() {
+                if (input[3] % 4 == 0 || input[3] == 1) && cout % 4 == 0 && !c.is_pointwise() {
                     implicit_shapes += 1;
                 }
             }

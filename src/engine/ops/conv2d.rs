@@ -68,7 +68,8 @@ struct ImplicitParams {
     stride: u32,
     pad_top: u32,
     pad_left: u32,
-    pad: u32,
+    /// Kernel columns this far apart in x (1; 4 for the gray path).
+    dil_x: u32,
 }
 
 /// What `Conv2d::infer` applies after the product and the bias.
@@ -353,7 +354,10 @@ impl Conv2d {
             self.ow
         );
         if let (Some(kernel), None) = (self.implicit_kernel(gpu), then.residual) {
-            return self.forward_implicit(gpu, kernel, [x, w, b], then);
+            if self.cin == 1 {
+                return self.forward_gray(gpu, kernel, [x, w, b], then);
+            }
+            return self.forward_implicit(gpu, kernel, [x, w, b], then, 1, self.flops());
         }
         let y = self.forward_then(gpu, x, w, b, then)?.0;
         if !then.pool {
@@ -363,12 +367,13 @@ impl Conv2d {
     }
 
     /// The implicit-im2col kernel for this adapter and shape: subgroups of a
-    /// width it is written for, vec4s of channels in and out, and an
-    /// im2col to save (a pointwise convolution has none).
+    /// width it is written for, vec4s of channels (or one, `forward_gray`) in
+    /// and vec4s out, and an im2col to save (a pointwise convolution has none).
     fn implicit_kernel(&self, gpu: &Gpu) -> Option<&'static ImplicitKernel> {
         let lanes = gpu.fixed_subgroup_size()? as usize;
-        let shape_fits =
-            self.cin.is_multiple_of(4) && self.cout.is_multiple_of(4) && !self.is_pointwise();
+        let shape_fits = (self.cin.is_multiple_of(4) || self.cin == 1)
+            && self.cout.is_multiple_of(4)
+            && !self.is_pointwise();
         IMPLICIT
             .iter()
             .find(|k| k.tile.lanes == lanes && shape_fits)
@@ -384,6 +389,8 @@ impl Conv2d {
         }: &'static ImplicitKernel,
         [x, w, b]: [&Tensor; 3],
         then: Epilogue,
+        dil_x: usize,
+        flops: f64,
     ) -> Result<Tensor> {
         ensure!(
             x.shape() == [self.n, self.h, self.w, self.cin]
@@ -417,11 +424,12 @@ impl Conv2d {
             stride: self.stride as u32,
             pad_top: self.pad_top as u32,
             pad_left: self.pad_left as u32,
-            pad: 0,
+            dil_x: dil_x as u32,
         };
         let shader = Shader { name, source };
-        let kernel = gpu.kernel(&shader, "main", &[]);
-        gpu.note_flops(self.flops());
+        let one_vec4 = (self.cin == 4) as u32 as f64;
+        let kernel = gpu.kernel(&shader, "main", &[("ONE_VEC4", one_vec4)]);
+        gpu.note_flops(flops);
         gpu.dispatch(
             &kernel,
             bytemuck::bytes_of(&params),
@@ -429,6 +437,68 @@ impl Conv2d {
             tiles as u32,
         )?;
         Ok(y)
+    }
+
+    /// One input channel (the gray image): the implicit kernel reads `x4`,
+    /// vec4s of four horizontal neighbours of the padded image (`taps_x4`),
+    /// as a 4-channel input with the kernel's columns in fours, 4 apart
+    /// (dilation 4), and the kernel's rows padded with zeros to match
+    /// (`pad_taps`). Two small passes instead of the im2col matrix.
+    fn forward_gray(
+        &self,
+        gpu: &Gpu,
+        kernel: &'static ImplicitKernel,
+        [x, w, b]: [&Tensor; 3],
+        then: Epilogue,
+    ) -> Result<Tensor> {
+        ensure!(
+            x.shape() == [self.n, self.h, self.w, 1] && w.shape() == self.weight_shape(),
+            "conv2d: input {:?}, kernel {:?} for {self:?}",
+            x.shape(),
+            w.shape()
+        );
+        let cols = self.kw.div_ceil(4);
+        // The padded image x4 reads: the taps of every output, in vec4s.
+        let (hp, wp) = (
+            (self.oh - 1) * self.stride + self.kh,
+            (self.ow - 1) * self.stride + 4 * (cols - 1) + 1,
+        );
+        let x4 = gpu.empty(&[self.n, hp, wp, 4])?;
+        let params = Params {
+            oh: hp as u32,
+            ow: wp as u32,
+            k: 1,
+            ..self.params()
+        };
+        gpu.dispatch_xyz(
+            &gpu.kernel(&SHADERS.scalar, "taps_x4", &[]),
+            bytemuck::bytes_of(&params),
+            &[(3, x), (4, &x4)],
+            [wp.div_ceil(64) as u32, hp as u32, self.n as u32],
+        )?;
+        let w4 = gpu.empty(&[self.kh, cols, 4, self.cout])?;
+        let params = Params {
+            k: (4 * cols) as u32,
+            ld: (self.cout / 4) as u32,
+            ..self.params()
+        };
+        gpu.dispatch(
+            &gpu.kernel(&SHADERS.scalar, "pad_taps", &[]),
+            bytemuck::bytes_of(&params),
+            &[(5, w), (4, &w4)],
+            (w4.len() / 4).div_ceil(64) as u32,
+        )?;
+        let over_x4 = Conv2d {
+            h: hp,
+            w: wp,
+            cin: 4,
+            kw: cols,
+            pad_top: 0,
+            pad_left: 0,
+            ..*self
+        };
+        // The padded columns' zeros are not counted as work.
+        over_x4.forward_implicit(gpu, kernel, [&x4, &w4, b], then, 4, self.flops())
     }
 
     fn forward_then(

@@ -216,7 +216,7 @@ struct Params {{
   m: u32, n: u32, flags: u32, col_blocks: u32,  // flags: 1 = add bias, 4 = ReLU, 16 = 2×2 max-pool
   tiles: u32, h: u32, w: u32, cin4: u32,
   oh: u32, ow: u32, kh: u32, kw: u32,
-  stride: u32, pad_top: u32, pad_left: u32, pad: u32,
+  stride: u32, pad_top: u32, pad_left: u32, dil_x: u32,  // dil_x: kernel columns this far apart
 }}
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -224,6 +224,9 @@ struct Params {{
 @group(0) @binding(2) var<storage, read> b: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read> bias: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read_write> c: array<vec4<f32>>;
+
+// cin4 == 1 (the gray path): no loop over the channel vec4s.
+override ONE_VEC4: bool = false;
 
 // Row `row` of `rows` (the pooled rows with flag 16). The bias and the ReLU
 // commute with the max-pool, so they come after it.
@@ -275,7 +278,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     emit!(out, "    for (var kx = 0u; kx < p.kw; kx++) {{");
     for g in 0..groups {
         emit!(out, "      let y{g} = iy{g} + i32(ky);");
-        emit!(out, "      let x{g} = ix{g} + i32(kx);");
+        emit!(out, "      let x{g} = ix{g} + i32(kx * p.dil_x);");
         emit!(
             out,
             "      let inside{g} = y{g} >= 0 && y{g} < i32(p.h) && x{g} >= 0 && x{g} < i32(p.w);"
@@ -287,15 +290,14 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
         emit!(out, "      let live{g} = select(0.0, 1.0, inside{g});");
     }
     emit!(out, "      let tap = (ky * p.kw + kx) * p.cin4;");
+    // With one vec4 of channels (the gray path's x4) a loop over them costs
+    // as much as the products it holds: the pipeline is specialised instead.
+    emit!(out, "      if (ONE_VEC4) {{");
+    tap_products(&mut out, tile, "0u", "        ");
+    emit!(out, "      }} else {{");
     emit!(out, "      for (var q = 0u; q < p.cin4; q++) {{");
-    for g in 0..groups {
-        emit!(out, "        let a{g} = x[px{g} + q] * live{g};");
-    }
-    emit!(out, "        let k0 = (tap + q) * 4u;");
-    for t in 0..4 {
-        emit!(out, "        let b{t} = b[(k0 + {t}u) * n4 + col4];");
-    }
-    rows_fmas(&mut out, tile, "        ");
+    tap_products(&mut out, tile, "q", "        ");
+    emit!(out, "      }}");
     emit!(out, "      }}");
     emit!(out, "    }}");
     emit!(out, "  }}");
@@ -320,6 +322,18 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     }
     emit!(out, "}}");
     out
+}
+
+/// The products of channel vec4 `q` of one tap (`conv_source`).
+fn tap_products(out: &mut String, tile: SubgroupTile, q: &str, indent: &str) {
+    for g in 0..tile.rows / tile.lanes {
+        emit!(out, "{indent}let a{g} = x[px{g} + {q}] * live{g};");
+    }
+    emit!(out, "{indent}let k0 = (tap + {q}) * 4u;");
+    for t in 0..4 {
+        emit!(out, "{indent}let b{t} = b[(k0 + {t}u) * n4 + col4];");
+    }
+    rows_fmas(out, tile, indent);
 }
 
 /// Transposed A: lane `l` loads the `rows` values of row `k0 + l` as vec4s;
