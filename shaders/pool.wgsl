@@ -43,21 +43,34 @@ fn max_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
 
 // y[n, oy, ox, c] = max over the window, without the taps: for inference,
 // where no backward pass reads them (a stream of stores and selects less).
+// One invocation computes two horizontal neighbours (ox = 2j, 2j + 1): with
+// overlapping windows (stride < size) they share columns, read once (15
+// loads instead of 18 for the stem's 3×3/2). Grid (ceil(ceil(ow / 2)·c / 64), oh, n).
 @compute @workgroup_size(64)
 fn max_forward_values(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+  let pairs = (p.ow + 1u) / 2u;
   let t = wg.x * 64u + li;
-  if (t >= p.ow * p.c) { return; }
+  if (t >= pairs * p.c) { return; }
   let oy = wg.y;
   let n = wg.z;
-  let ox_c = divmod(t, p.c);
-  var best = V(-3.40282346e38);
+  let j_c = divmod(t, p.c);
+  let ox = 2u * j_c.x;
+  let second = ox + 1u < p.ow;
+  // The second window's last column: past the image when it does not exist.
+  let span = select(p.size, p.stride + p.size, second);
+  var best0 = V(-3.40282346e38);
+  var best1 = V(-3.40282346e38);
   for (var ky = 0u; ky < p.size; ky++) {
-    let row = (n * p.h + oy * p.stride + ky) * p.w;
-    for (var kx = 0u; kx < p.size; kx++) {
-      best = max(best, x[(row + ox_c.x * p.stride + kx) * p.c + ox_c.y]);
+    let row = (n * p.h + oy * p.stride + ky) * p.w + ox * p.stride;
+    for (var kx = 0u; kx < span; kx++) {
+      let v = x[(row + kx) * p.c + j_c.y];
+      if (kx < p.size) { best0 = max(best0, v); }
+      if (kx >= p.stride) { best1 = max(best1, v); }
     }
   }
-  y[((n * p.oh + oy) * p.ow) * p.c + t] = best;
+  let o = ((n * p.oh + oy) * p.ow + ox) * p.c + j_c.y;
+  y[o] = best0;
+  if (second) { y[o + p.c] = best1; }
 }
 
 // The windows covering input index i along one axis: o in [lo, hi] (empty when lo > hi).

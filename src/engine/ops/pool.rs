@@ -139,11 +139,16 @@ impl Pool2d {
             "max_forward_values",
             &[],
         );
+        let pairs = self.ow.div_ceil(2);
         gpu.dispatch_xyz(
             &k,
             bytemuck::bytes_of(&self.params()),
             &[(1, x), (3, &y)],
-            self.out_grid(),
+            [
+                (pairs * self.cv()).div_ceil(64) as u32,
+                self.oh as u32,
+                self.n as u32,
+            ],
         )?;
         Ok(y)
     }
