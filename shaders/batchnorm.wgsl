@@ -25,6 +25,7 @@ struct Params {
 @group(0) @binding(9) var<storage, read> relu_out: array<V>;
 
 override RELU: bool = false;
+override RESIDUAL: bool = false;
 
 const ROWS: u32 = 32u;
 
@@ -64,7 +65,9 @@ fn from_moving(@builtin(global_invocation_id) gid: vec3<u32>) {
   out[p.c + col] = V(1.0) / sqrt(b[col] + V(p.eps));
 }
 
-// y = (x − mean) · invstd · gamma + beta. a = x, b = stats, c3 = gamma, d4 = beta → out = y.
+// y = (x − mean) · invstd · gamma + beta (+ e5 with RESIDUAL: a residual
+// block's other branch, added before the ReLU). a = x, b = stats, c3 = gamma,
+// d4 = beta → out = y.
 @compute @workgroup_size(32)
 fn normalize(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
   let col = wg.x * 32u + li;
@@ -76,25 +79,7 @@ fn normalize(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_ind
   for (var r = start; r < end; r++) {
     let i = r * p.c + col;
     var v = a[i] * scale + shift;
-    if (RELU) { v = max(v, V(0.0)); }
-    out[i] = v;
-  }
-}
-
-// Inference: y = (x − mean) · invstd · gamma + beta + e5 (a residual block's
-// shortcut), then the ReLU with RELU: the add and the ReLU after a batch norm
-// without passes of their own. Bindings as normalize, e5 = the shortcut.
-@compute @workgroup_size(32)
-fn normalize_add(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-  let col = wg.x * 32u + li;
-  if (col >= p.c) { return; }
-  let scale = b[p.c + col] * c3[col];
-  let shift = d4[col] - b[col] * scale;
-  let start = wg.y * ROWS;
-  let end = min(start + ROWS, p.m);
-  for (var r = start; r < end; r++) {
-    let i = r * p.c + col;
-    var v = a[i] * scale + shift + e5[i];
+    if (RESIDUAL) { v += e5[i]; }
     if (RELU) { v = max(v, V(0.0)); }
     out[i] = v;
   }

@@ -83,10 +83,18 @@ impl BatchNorm {
     }
 
     fn kernel(&self, gpu: &Gpu, entry: &str) -> Arc<Kernel> {
+        self.kernel_with(gpu, entry, false)
+    }
+
+    /// The kernel, with `normalize` adding a residual when `residual`.
+    fn kernel_with(&self, gpu: &Gpu, entry: &str, residual: bool) -> Arc<Kernel> {
         gpu.kernel(
             SHADERS.pick(self.c.is_multiple_of(4)),
             entry,
-            &[("RELU", self.relu as u32 as f64)],
+            &[
+                ("RELU", self.relu as u32 as f64),
+                ("RESIDUAL", residual as u32 as f64),
+            ],
         )
     }
 
@@ -124,7 +132,7 @@ impl BatchNorm {
     pub fn forward_train(&self, gpu: &Gpu, x: &Tensor, p: &BnParams) -> Result<(Tensor, Tensor)> {
         let m = self.rows(x)?;
         let stats = self.batch_stats(gpu, x, p, m)?;
-        let y = self.apply(gpu, x, &stats, p, m)?;
+        let y = self.apply(gpu, x, &stats, p, None, m)?;
         Ok((y, stats))
     }
 
@@ -140,7 +148,7 @@ impl BatchNorm {
     ) -> Result<(Tensor, Tensor)> {
         let m = self.rows(x)?;
         let stats = self.batch_stats(gpu, x, p, m)?;
-        let y = self.apply_add(gpu, x, &stats, p, residual, m)?;
+        let y = self.apply(gpu, x, &stats, p, Some(residual), m)?;
         Ok((y, stats))
     }
 
@@ -167,7 +175,7 @@ impl BatchNorm {
     pub fn forward_infer(&self, gpu: &Gpu, x: &Tensor, p: &BnParams) -> Result<Tensor> {
         let m = self.rows(x)?;
         let stats = self.moving_stats(gpu, p, m)?;
-        self.apply(gpu, x, &stats, p, m)
+        self.apply(gpu, x, &stats, p, None, m)
     }
 
     /// Inference mode with a residual: BN(x) + residual (then the ReLU when
@@ -181,39 +189,7 @@ impl BatchNorm {
     ) -> Result<Tensor> {
         let m = self.rows(x)?;
         let stats = self.moving_stats(gpu, p, m)?;
-        self.apply_add(gpu, x, &stats, p, residual, m)
-    }
-
-    fn apply_add(
-        &self,
-        gpu: &Gpu,
-        x: &Tensor,
-        stats: &Tensor,
-        p: &BnParams,
-        residual: &Tensor,
-        m: usize,
-    ) -> Result<Tensor> {
-        ensure!(
-            residual.shape() == x.shape(),
-            "batch norm: residual {:?} for input {:?}",
-            residual.shape(),
-            x.shape()
-        );
-        let y = gpu.empty(x.shape())?;
-        gpu.dispatch_xyz(
-            &self.kernel(gpu, "normalize_add"),
-            bytemuck::bytes_of(&self.params(m)),
-            &[
-                (1, x),
-                (2, stats),
-                (3, p.gamma),
-                (4, p.beta),
-                (5, residual),
-                (6, &y),
-            ],
-            [self.groups(), m.div_ceil(ROWS) as u32, 1],
-        )?;
-        Ok(y)
+        self.apply(gpu, x, &stats, p, Some(residual), m)
     }
 
     /// [mean | invstd] from the moving averages.
@@ -228,19 +204,38 @@ impl BatchNorm {
         Ok(stats)
     }
 
+    /// y = BN(x) with `stats` (+ `residual`), then the ReLU when fused.
     fn apply(
         &self,
         gpu: &Gpu,
         x: &Tensor,
         stats: &Tensor,
         p: &BnParams,
+        residual: Option<&Tensor>,
         m: usize,
     ) -> Result<Tensor> {
+        if let Some(r) = residual {
+            ensure!(
+                r.shape() == x.shape(),
+                "batch norm: residual {:?} for input {:?}",
+                r.shape(),
+                x.shape()
+            );
+        }
         let y = gpu.empty(x.shape())?;
+        // The kernel's layout has the residual's binding either way: x stands
+        // in when the RESIDUAL override leaves it unread.
         gpu.dispatch_xyz(
-            &self.kernel(gpu, "normalize"),
+            &self.kernel_with(gpu, "normalize", residual.is_some()),
             bytemuck::bytes_of(&self.params(m)),
-            &[(1, x), (2, stats), (3, p.gamma), (4, p.beta), (6, &y)],
+            &[
+                (1, x),
+                (2, stats),
+                (3, p.gamma),
+                (4, p.beta),
+                (5, residual.unwrap_or(x)),
+                (6, &y),
+            ],
             [self.groups(), m.div_ceil(ROWS) as u32, 1],
         )?;
         Ok(y)
