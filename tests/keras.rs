@@ -1,6 +1,6 @@
 //! Keras files read directly and through `wgfer convert`, checked against
-//! files Keras itself wrote (tests/data/keras, made by make_fixtures.py there;
-//! no TensorFlow is needed here).
+//! files Keras itself wrote (tests/data/keras and models/fer5-stretched.keras,
+//! made by tests/data/keras/make_fixtures.py; no TensorFlow is needed here).
 
 mod common;
 
@@ -14,10 +14,14 @@ use wgfer::fer::infer;
 use wgfer::fer::keras::{self, Format};
 use wgfer::fer::model::{self, Architecture, Model};
 
+/// A file Keras wrote: the small ones in tests/data/keras, the full model
+/// (`FULL`) among the models.
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/data/keras")
-        .join(name)
+    let dir = match name {
+        FULL => "models",
+        _ => "tests/data/keras",
+    };
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(dir).join(name)
 }
 
 /// A weights file in wgfer's own format.
@@ -26,8 +30,9 @@ fn shipped() -> PathBuf {
 }
 
 /// The full tutorial model (the weights wgfer shipped before its retraining
-/// on the original pixels), as Keras 3 saved it.
-const FULL: &str = "fer5.keras";
+/// on the original pixels), as Keras 3 saved it; kept in models/ with the
+/// other model files.
+const FULL: &str = "fer5-stretched.keras";
 
 /// The small files: three of the tutorial's layers, one file per layout and
 /// Keras version (3.3 does not name layers in its weights files; 3.15 does).

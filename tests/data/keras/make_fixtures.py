@@ -90,7 +90,8 @@ def keras3():
     small.save_weights(os.path.join(OUT, "small-keras3.weights.h5"))
     small.save(os.path.join(OUT, "small-keras3-legacy.h5"))
     model = tutorial_model(tf)
-    model.save(os.path.join(OUT, "fer5.keras"))
+    # The full model is a model file: it lives with the others.
+    model.save(os.path.join(OUT, "..", "..", "..", "models", "fer5-stretched.keras"))
     x, labels = faces()
     probs = model.predict(x, verbose=0)
     with open(os.path.join(OUT, "predictions.json"), "w") as f:
