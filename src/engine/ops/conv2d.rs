@@ -605,10 +605,9 @@ impl Conv2d {
     }
 }
 
-/// A row-major [rows, cols] matrix transposed to [cols, rows].
-/// xᵀ for x of shape [rows, cols]: in 4 × 4 blocks of vec4s when both are
-/// multiples of 4 (every convolution kernel but the gray input's), else
-/// value by value.
+/// A row-major [rows, cols] matrix transposed to [cols, rows]: in 4 × 4
+/// blocks of vec4s when both are multiples of 4 (every convolution kernel but
+/// the gray input's), else value by value.
 pub fn transpose(gpu: &Gpu, x: &Tensor, rows: usize, cols: usize) -> Result<Tensor> {
     ensure!(
         x.len() == rows * cols,

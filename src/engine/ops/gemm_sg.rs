@@ -53,12 +53,7 @@ pub fn source(tile: SubgroupTile) -> String {
     header(&mut out, tile);
     accumulate_rows_layout(&mut out, tile);
     accumulate_transposed(&mut out, tile);
-    emit!(out, "  if (mine >= n4) {{ return; }}");
-    emit!(out, "  var bias_v = vec4<f32>();");
-    emit!(
-        out,
-        "  if ((p.flags & 1u) != 0u) {{ bias_v = bias[col4]; }}"
-    );
+    end_of_products(&mut out);
     for r in 0..tile.rows {
         emit!(out, "  store(i0 + {r}u, col4, s{r}, bias_v);");
     }
@@ -144,6 +139,17 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
 }
 
 const COMPONENTS: [char; 4] = ['x', 'y', 'z', 'w'];
+
+/// After the products, in both kernels: lanes past the last column leave, the
+/// others load their bias once (`bias_v`, zeros without flag 1) for `store`.
+fn end_of_products(out: &mut String) {
+    emit!(out, "  if (mine >= n4) {{ return; }}");
+    emit!(out, "  var bias_v = vec4<f32>();");
+    emit!(
+        out,
+        "  if ((p.flags & 1u) != 0u) {{ bias_v = bias[col4]; }}"
+    );
+}
 
 /// Row-major A: lane `l` of group `g` loads a vec4 of row `i0 + lanes·g + l`
 /// (4 p's); each of its values is broadcast to the lanes' vec4 of B.
@@ -301,12 +307,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     emit!(out, "      }}");
     emit!(out, "    }}");
     emit!(out, "  }}");
-    emit!(out, "  if (mine >= n4) {{ return; }}");
-    emit!(out, "  var bias_v = vec4<f32>();");
-    emit!(
-        out,
-        "  if ((p.flags & 1u) != 0u) {{ bias_v = bias[col4]; }}"
-    );
+    end_of_products(&mut out);
     emit!(out, "  if (pooled) {{");
     for w in 0..r / 4 {
         let [a, b, c, d] = [4 * w, 4 * w + 1, 4 * w + 2, 4 * w + 3];
