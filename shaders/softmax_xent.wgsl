@@ -47,6 +47,17 @@ fn softmax_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
   }
 }
 
+// log(1 + u), accurate when u is tiny: a confident right answer has a loss of about |u|,
+// and log(1.0 + u) would round u to f32's spacing near 1 (and WGSL only promises log an
+// absolute error of 2^-21 there). For |u| < 1/4 a short odd series in z = u / (2 + u)
+// (|z| < 1/7) is exact to f32; beyond it log's own error is small against the result.
+fn log1p(u: f32) -> f32 {
+  if (abs(u) >= 0.25) { return log(1.0 + u); }
+  let z = u / (2.0 + u);
+  let z2 = z * z;
+  return 2.0 * z * (1.0 + z2 * (1.0 / 3.0 + z2 * (1.0 / 5.0 + z2 * (1.0 / 7.0 + z2 / 9.0))));
+}
+
 // Per row: loss = -sum target * log(prob) (prob clipped like Keras to
 // [1e-7, 1 - 1e-7]) and hit = argmax(prob) == argmax(target).
 fn row_loss(row: u32, from_logits: bool) -> vec2<f32> {
@@ -60,13 +71,22 @@ fn row_loss(row: u32, from_logits: bool) -> vec2<f32> {
   }
   var loss = 0.0;
   if (from_logits) {
-    var s = 0.0;
-    for (var j = 0u; j < p.k; j++) { s += exp(a[row * p.k + j] - mx); }
-    let lse = mx + log(s);
-    for (var j = 0u; j < p.k; j++) { loss -= b[row * p.k + j] * (a[row * p.k + j] - lse); }
+    // log-sum-exp = mx + log(1 + rest), rest summed without the maximum's exact 1.
+    var rest = 0.0;
+    for (var j = 0u; j < p.k; j++) {
+      if (j != best) { rest += exp(a[row * p.k + j] - mx); }
+    }
+    let lse_minus_mx = log1p(rest);
+    for (var j = 0u; j < p.k; j++) {
+      loss += b[row * p.k + j] * ((mx - a[row * p.k + j]) + lse_minus_mx);
+    }
   } else {
     for (var j = 0u; j < p.k; j++) {
-      loss -= b[row * p.k + j] * log(clamp(a[row * p.k + j], 1e-7, 1.0 - 1e-7));
+      // -log(q) = -log1p(q - 1) for q >= 1/2 (q - 1 is exact there), plain log below.
+      let q = clamp(a[row * p.k + j], 1e-7, 1.0 - 1e-7);
+      var nll = -log(q);
+      if (q >= 0.5) { nll = -log1p(q - 1.0); }
+      loss += b[row * p.k + j] * nll;
     }
   }
   return vec2<f32>(loss, select(0.0, 1.0, best == tbest));

@@ -626,6 +626,30 @@ fn softmax_and_cross_entropy_forward_backward() {
     }
 }
 
+/// A confident right answer has a loss near e^-margin: computed as log(1 + tiny) in f32 it
+/// would keep only a digit or two (CI once drew a 1x2 batch with a 3e-4 loss and failed).
+#[test]
+fn cross_entropy_of_confident_right_answers_keeps_its_digits() {
+    let gpu = gpu();
+    for margin in [3.0f32, 8.0, 12.0, 16.0] {
+        let (x, t) = ([0.0, margin, -1.0], [0.0, 1.0, 0.0]);
+        let (xt, tt) = (upload(&gpu, &[1, 3], &x), upload(&gpu, &[1, 3], &t));
+        let (probs, metrics) = softmax_xent::softmax_xent(&gpu, &xt, &tt).unwrap();
+        check(
+            &format!("softmax_xent_forward margin {margin}"),
+            &read(&gpu, &metrics)[..1],
+            &[softmax_xent::cpu::softmax_xent(&f64s(&x), &f64s(&t), 3)],
+        );
+        let pv = read(&gpu, &probs);
+        let metrics = softmax_xent::xent(&gpu, &probs, &tt).unwrap();
+        check(
+            &format!("xent_forward margin {margin}"),
+            &read(&gpu, &metrics)[..1],
+            &[softmax_xent::cpu::xent(&f64s(&pv), &f64s(&t), 3)],
+        );
+    }
+}
+
 #[test]
 fn adam_steps_match_reference() {
     let gpu = gpu();
