@@ -27,15 +27,16 @@ const SHADER: Shader = Shader {
 const ROWS: usize = 16;
 const COLS: usize = 64;
 /// The subgroup kernels, one per width they are written for, each with the
-/// tile that measured fastest (benches/NOTES.md, "gemm tiles"): 24 rows by
-/// 32 columns for 8 lanes, 16 rows by 64 columns for 16.
+/// tile that measured fastest (benches/NOTES.md, "gemm tiles" and "One
+/// accumulator update per step"): 32 rows by 32 columns for 8 lanes, 16 rows
+/// by 64 columns for 16.
 struct SubgroupKernel {
     name: &'static str,
     tile: SubgroupTile,
     source: LazyLock<String>,
 }
 
-pub(crate) const SG8_TILE: SubgroupTile = SubgroupTile::new(8, 24);
+pub(crate) const SG8_TILE: SubgroupTile = SubgroupTile::new(8, 32);
 pub(crate) const SG16_TILE: SubgroupTile = SubgroupTile::new(16, 16);
 
 static SUBGROUP_KERNELS: [SubgroupKernel; 2] = [

@@ -183,15 +183,29 @@ fn accumulate_rows_layout(out: &mut String, SubgroupTile { lanes, rows }: Subgro
 /// The products of one step of 4 p's in the row layout: lane `l` of group
 /// `g` holds `a{g}` (4 p's of row `lanes·g + l`), every lane `b0..b3`.
 fn rows_fmas(out: &mut String, SubgroupTile { lanes, rows }: SubgroupTile, indent: &str) {
-    for (t, comp) in COMPONENTS.iter().enumerate() {
-        for j in 0..lanes {
-            for g in 0..rows / lanes {
-                emit!(
-                    out,
-                    "{indent}s{} += subgroupBroadcast(a{g}.{comp}, {j}u) * b{t};",
-                    lanes * g + j
-                );
-            }
+    for j in 0..lanes {
+        for g in 0..rows / lanes {
+            let terms: Vec<String> = COMPONENTS
+                .iter()
+                .enumerate()
+                .map(|(t, comp)| format!("subgroupBroadcast(a{g}.{comp}, {j}u) * b{t}"))
+                .collect();
+            emit!(out, "{indent}s{} += {};", lanes * g + j, sum_tree(&terms));
+        }
+    }
+}
+
+/// `terms` added pairwise, `((t0 + t1) + (t2 + t3))`: one update of the
+/// accumulator per step instead of one per product. llvmpipe blends every
+/// update of a variable carried by a loop with the loop's lane mask (and the
+/// accumulators live on the stack), so each update costs a blend, a load and
+/// a store; the products and their sums are temporaries in registers.
+fn sum_tree(terms: &[String]) -> String {
+    match terms {
+        [one] => one.clone(),
+        _ => {
+            let (left, right) = terms.split_at(terms.len() / 2);
+            format!("({} + {})", sum_tree(left), sum_tree(right))
         }
     }
 }
@@ -373,15 +387,12 @@ fn accumulate_transposed(out: &mut String, SubgroupTile { lanes, rows }: Subgrou
         emit!(out, "        sb += {};", terms.join(" + "));
     }
     emit!(out, "      }}");
-    for t in 0..lanes {
-        for q in 0..rows / 4 {
-            for (cc, comp) in COMPONENTS.iter().enumerate() {
-                emit!(
-                    out,
-                    "      s{} += subgroupBroadcast(a{q}.{comp}, {t}u) * b{t};",
-                    4 * q + cc
-                );
-            }
+    for q in 0..rows / 4 {
+        for (cc, comp) in COMPONENTS.iter().enumerate() {
+            let terms: Vec<String> = (0..lanes)
+                .map(|t| format!("subgroupBroadcast(a{q}.{comp}, {t}u) * b{t}"))
+                .collect();
+            emit!(out, "      s{} += {};", 4 * q + cc, sum_tree(&terms));
         }
     }
     emit!(out, "    }}");
