@@ -7,7 +7,7 @@ mod common;
 use common::*;
 use rand::rngs::StdRng;
 use wgfer::engine::ops::batchnorm::{BatchNorm, BnParams};
-use wgfer::engine::ops::conv2d::{Conv2d, Epilogue, Padding};
+use wgfer::engine::ops::conv2d::{Columns, Conv2d, Epilogue, Padding};
 use wgfer::engine::ops::dense::Dense;
 use wgfer::engine::ops::gemm::{Gemm, Strides};
 use wgfer::engine::ops::gemm_sg::{self, SubgroupTile};
@@ -48,6 +48,11 @@ fn conv_cases() -> Vec<([usize; 4], usize, usize, usize, Padding)> {
         ([2, 2, 2, 128], 512, 1, 1, Padding::Valid),
         ([2, 5, 5, 256], 512, 1, 1, Padding::Valid),
         ([2, 2, 2, 512], 128, 1, 1, Padding::Valid),
+        // Channels in whole tiles (the implicit weight gradient's rows) with
+        // strides, padding and a kernel tap per tile row block.
+        ([3, 7, 6, 32], 12, 3, 2, Padding::Same),
+        ([1, 9, 8, 64], 8, 3, 1, Padding::Zeros(2)),
+        ([2, 6, 6, 32], 36, 5, 2, Padding::Valid),
     ]
 }
 
@@ -55,10 +60,19 @@ fn conv_cases() -> Vec<([usize; 4], usize, usize, usize, Padding)> {
 fn conv2d_forward_grad_input_grad_weight_grad_bias() {
     let gpu = gpu();
     let mut rng = rng();
+    let mut implicit = 0;
     for (input, cout, k, stride, padding) in conv_cases() {
         let c = Conv2d::new(&input, cout, [k, k], stride, padding).unwrap();
         let what = format!("{input:?} -> {cout}, {k}x{k}/{stride} {padding:?}");
-        check_conv(&gpu, &mut rng, c, &what);
+        implicit += check_conv(&gpu, &mut rng, c, &what) as usize;
+    }
+    // Adapters with the subgroup kernels train without im2col where the
+    // channels fill whole tiles: the cases above must reach that path.
+    if matches!(gpu.fixed_subgroup_size(), Some(8 | 16)) {
+        assert!(
+            implicit >= 5,
+            "only {implicit} cases took the implicit path"
+        );
     }
 }
 
@@ -90,7 +104,9 @@ fn conv2d_cropped_output() {
     assert!(c.cropped(6, 5).is_err() && c.cropped(0, 5).is_err());
 }
 
-fn check_conv(gpu: &Gpu, rng: &mut StdRng, c: Conv2d, what: &str) {
+/// Checks every product of `c` against the reference; true when its forward
+/// kept x rather than the im2col matrix (`Columns::Implicit`).
+fn check_conv(gpu: &Gpu, rng: &mut StdRng, c: Conv2d, what: &str) -> bool {
     let (input, cout) = ([c.n, c.h, c.w, c.cin], c.cout);
     let x = random(rng, input.iter().product());
     let w = random(rng, c.k() * cout);
@@ -137,6 +153,7 @@ fn check_conv(gpu: &Gpu, rng: &mut StdRng, c: Conv2d, what: &str) {
         &read(gpu, &db),
         &conv2d::cpu::grad_bias(&c, &f64s(&dy)),
     );
+    matches!(cols, Columns::Implicit(_))
 }
 
 #[test]

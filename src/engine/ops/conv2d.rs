@@ -2,9 +2,10 @@
 //! (Keras' layout) and a bias, as a matrix product over im2col columns:
 //! `y[m, co] = Σ_k cols[m, k] · W[k, co] + b[co]`, m = (n, oy, ox), k = (ky, kx, ci).
 //! A 1×1, stride-1, unpadded convolution needs no im2col: x already is cols.
-//! At inference (`infer`), where no gradient needs cols, adapters with the
-//! subgroup kernels skip the im2col pass: the product reads x in place
-//! (`gemm_sg::conv_source`).
+//! Adapters with the subgroup kernels skip the im2col pass: at inference
+//! (`infer`) the product reads x in place (`gemm_sg::conv_source`), and in
+//! training too where the weight gradient can read x the same way
+//! (`gemm_sg::conv_weight_source`: input channels in whole tiles).
 
 use std::sync::LazyLock;
 
@@ -49,6 +50,50 @@ static IMPLICIT: [ImplicitKernel; 2] = [
         source: LazyLock::new(|| gemm_sg::conv_source(SG16_TILE)),
     },
 ];
+
+/// The weight-gradient kernels that read x in place of the im2col matrix
+/// (`gemm_sg::conv_weight_source`), by subgroup width.
+static IMPLICIT_WEIGHT_GRAD: [ImplicitKernel; 2] = [
+    ImplicitKernel {
+        name: "conv_dw_sg8",
+        tile: SG8_TILE,
+        source: LazyLock::new(|| gemm_sg::conv_weight_source(SG8_TILE)),
+    },
+    ImplicitKernel {
+        name: "conv_dw_sg16",
+        tile: SG16_TILE,
+        source: LazyLock::new(|| gemm_sg::conv_weight_source(SG16_TILE)),
+    },
+];
+
+/// What a training forward keeps for the weight gradient.
+pub enum Columns {
+    /// The im2col matrix [m, ld] (x itself for a pointwise convolution).
+    Matrix(Tensor),
+    /// x, which the implicit kernels read as if it were the im2col matrix.
+    Implicit(Tensor),
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct WeightGradParams {
+    m: u32,
+    n: u32,
+    k: u32,
+    flags: u32,
+    col_blocks: u32,
+    tiles: u32,
+    h: u32,
+    w: u32,
+    cin4: u32,
+    oh: u32,
+    ow: u32,
+    kw: u32,
+    stride: u32,
+    pad_top: u32,
+    pad_left: u32,
+    pad: u32,
+}
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -320,15 +365,29 @@ impl Conv2d {
         Ok(cols)
     }
 
-    /// y = conv(x, w) + b. Returns y and the im2col matrix (kept for grad_weight).
+    /// y = conv(x, w) + b, and what `grad_weight` reads: without the im2col
+    /// matrix where the adapter has implicit kernels for both products of
+    /// this shape (the forward and the weight gradient), else through it.
     pub fn forward(
         &self,
         gpu: &Gpu,
         x: &Tensor,
         w: &Tensor,
         b: &Tensor,
-    ) -> Result<(Tensor, Tensor)> {
-        self.forward_then(gpu, x, w, b, Epilogue::default())
+    ) -> Result<(Tensor, Columns)> {
+        if let (Some(kernel), Some(_)) = (self.implicit_kernel(gpu), self.weight_grad_kernel(gpu)) {
+            let y = self.forward_implicit(
+                gpu,
+                kernel,
+                [x, w, b],
+                Epilogue::default(),
+                1,
+                self.flops(),
+            )?;
+            return Ok((y, Columns::Implicit(x.clone())));
+        }
+        let (y, cols) = self.forward_then(gpu, x, w, b, Epilogue::default())?;
+        Ok((y, Columns::Matrix(cols)))
     }
 
     /// conv(x, w) + b (+ a residual of y's shape), then max(·, 0) if `relu`,
@@ -570,9 +629,12 @@ impl Conv2d {
     }
 
     /// dW = colsᵀ · dy, shaped [kh, kw, cin, cout].
-    pub fn grad_weight(&self, gpu: &Gpu, cols: &Tensor, dy: &Tensor) -> Result<Tensor> {
+    pub fn grad_weight(&self, gpu: &Gpu, cols: &Columns, dy: &Tensor) -> Result<Tensor> {
         let dw = gpu.empty(&self.weight_shape())?;
-        self.weight_product().run(gpu, cols, dy, None, &dw)?;
+        match cols {
+            Columns::Matrix(cols) => self.weight_product().run(gpu, cols, dy, None, &dw)?,
+            Columns::Implicit(x) => self.grad_weight_implicit(gpu, x, dy, &dw, None)?,
+        }
         Ok(dw)
     }
 
@@ -581,11 +643,18 @@ impl Conv2d {
     pub fn grad_weight_and_bias(
         &self,
         gpu: &Gpu,
-        cols: &Tensor,
+        cols: &Columns,
         dy: &Tensor,
     ) -> Result<(Tensor, Tensor)> {
         let dw = gpu.empty(&self.weight_shape())?;
-        let db = self.weight_product().run_summing_b(gpu, cols, dy, &dw)?;
+        let db = match cols {
+            Columns::Matrix(cols) => self.weight_product().run_summing_b(gpu, cols, dy, &dw)?,
+            Columns::Implicit(x) => {
+                let db = gpu.empty(&[self.cout])?;
+                self.grad_weight_implicit(gpu, x, dy, &dw, Some(&db))?;
+                db
+            }
+        };
         Ok((dw, db))
     }
 
@@ -596,6 +665,72 @@ impl Conv2d {
             self.cout,
             self.m(),
             Strides::transposed(self.ld()),
+        )
+    }
+
+    /// The weight-gradient kernel that reads x in place for this adapter and
+    /// shape: a tile's rows must be channels of one kernel tap.
+    fn weight_grad_kernel(&self, gpu: &Gpu) -> Option<&'static ImplicitKernel> {
+        let lanes = gpu.fixed_subgroup_size()? as usize;
+        IMPLICIT_WEIGHT_GRAD.iter().find(|k| {
+            k.tile.lanes == lanes
+                && self.cin.is_multiple_of(k.tile.rows)
+                && self.cout.is_multiple_of(4)
+                && !self.is_pointwise()
+        })
+    }
+
+    /// dW (and db into `db`) from x and dy, without the im2col matrix.
+    fn grad_weight_implicit(
+        &self,
+        gpu: &Gpu,
+        x: &Tensor,
+        dy: &Tensor,
+        dw: &Tensor,
+        db: Option<&Tensor>,
+    ) -> Result<()> {
+        let Some(&ImplicitKernel {
+            name,
+            tile,
+            ref source,
+        }) = self.weight_grad_kernel(gpu)
+        else {
+            bail!("conv2d: no implicit weight-gradient kernel for {self:?} on this adapter")
+        };
+        ensure!(
+            x.shape() == [self.n, self.h, self.w, self.cin] && dy.shape() == self.output_shape(),
+            "conv2d: input {:?}, dy {:?} for {self:?}",
+            x.shape(),
+            dy.shape()
+        );
+        let col_blocks = self.cout.div_ceil(tile.cols());
+        let tiles = self.k().div_ceil(tile.rows) * col_blocks;
+        let params = WeightGradParams {
+            m: self.k() as u32,
+            n: self.cout as u32,
+            k: self.m() as u32,
+            flags: (db.is_some() as u32) << 1,
+            col_blocks: col_blocks as u32,
+            tiles: tiles as u32,
+            h: self.h as u32,
+            w: self.w as u32,
+            cin4: (self.cin / 4) as u32,
+            oh: self.oh as u32,
+            ow: self.ow as u32,
+            kw: self.kw as u32,
+            stride: self.stride as u32,
+            pad_top: self.pad_top as u32,
+            pad_left: self.pad_left as u32,
+            pad: 0,
+        };
+        let kernel = gpu.kernel(&Shader { name, source }, "main", &[]);
+        let sink = gpu.sink()?;
+        gpu.note_flops(self.flops());
+        gpu.dispatch(
+            &kernel,
+            bytemuck::bytes_of(&params),
+            &[(1, x), (2, dy), (4, dw), (5, db.unwrap_or(&sink))],
+            tiles as u32,
         )
     }
 

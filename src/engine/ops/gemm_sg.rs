@@ -354,20 +354,69 @@ fn tap_products(out: &mut String, tile: SubgroupTile, q: &str, indent: &str) {
 /// Transposed A: lane `l` loads the `rows` values of row `k0 + l` as vec4s;
 /// each is broadcast to the lanes' vec4 of B's row `k0 + l`. With flag 2 the
 /// first row of tiles also adds up B's columns.
-fn accumulate_transposed(out: &mut String, SubgroupTile { lanes, rows }: SubgroupTile) {
+fn accumulate_transposed(out: &mut String, tile: SubgroupTile) {
     emit!(out, "  }} else {{");
     emit!(out, "    let ia = i0 / 4u;");
+    transposed_loop(out, tile, TransposedA::Matrix);
+    emit!(out, "  }}");
+}
+
+/// Where a transposed product's lane finds its row `k0 + lane` of A.
+enum TransposedA {
+    /// In the matrix `a` ([k, lda], i contiguous), from column `ia`.
+    Matrix,
+    /// Read from NHWC `x` as im2col would have written it (`conv_weight_source`).
+    Conv,
+}
+
+/// The loop over k of the transposed layout, then B's column sums (flag 2).
+fn transposed_loop(out: &mut String, SubgroupTile { lanes, rows }: SubgroupTile, a: TransposedA) {
     emit!(out, "    let sum_b = (p.flags & 2u) != 0u && i0 == 0u;");
     emit!(out, "    var sb = vec4<f32>();");
     emit!(out, "    for (var k0 = 0u; k0 < p.k; k0 += {lanes}u) {{");
-    emit!(out, "      let kr = min(k0 + lane, klast) * lda4 + ia;");
-    emit!(
-        out,
-        "      // Rows of A past k are clamped to the last one: zero their share."
-    );
-    emit!(out, "      let live = select(0.0, 1.0, k0 + lane < p.k);");
-    for q in 0..rows / 4 {
-        emit!(out, "      let a{q} = a[kr + {q}u] * live;");
+    match a {
+        TransposedA::Matrix => {
+            emit!(out, "      let kr = min(k0 + lane, klast) * lda4 + ia;");
+            emit!(
+                out,
+                "      // Rows of A past k are clamped to the last one: zero their share."
+            );
+            emit!(out, "      let live = select(0.0, 1.0, k0 + lane < p.k);");
+            for q in 0..rows / 4 {
+                emit!(out, "      let a{q} = a[kr + {q}u] * live;");
+            }
+        }
+        TransposedA::Conv => {
+            emit!(
+                out,
+                "      let pix = k0 + lane;   // this lane's output pixel"
+            );
+            emit!(out, "      let ox = pix % p.ow;");
+            emit!(out, "      let oy = pix / p.ow % p.oh;");
+            emit!(out, "      let img = pix / (p.ow * p.oh);");
+            emit!(
+                out,
+                "      let iy = i32(oy * p.stride + ky) - i32(p.pad_top);"
+            );
+            emit!(
+                out,
+                "      let ix = i32(ox * p.stride + kx) - i32(p.pad_left);"
+            );
+            emit!(
+                out,
+                "      let inside = pix < p.k && iy >= 0 && iy < i32(p.h) && ix >= 0 && ix < i32(p.w);"
+            );
+            emit!(
+                out,
+                "      let xr = select(0u, ((img * p.h + u32(iy)) * p.w + u32(ix)) * p.cin4 + c4, inside);"
+            );
+            for q in 0..rows / 4 {
+                emit!(
+                    out,
+                    "      let a{q} = select(vec4<f32>(), x[xr + {q}u], inside);"
+                );
+            }
+        }
     }
     for t in 0..lanes {
         emit!(
@@ -397,5 +446,70 @@ fn accumulate_transposed(out: &mut String, SubgroupTile { lanes, rows }: Subgrou
     }
     emit!(out, "    }}");
     emit!(out, "    if (sum_b && mine < n4) {{ colsum[col4] = sb; }}");
-    emit!(out, "  }}");
+}
+
+/// The WGSL of a convolution's weight gradient, dW = colsᵀ · dy, as the
+/// transposed product of gemm_sg with cols = im2col(x) read in place: lane l
+/// loads row (output pixel) k0 + l of cols straight from NHWC x. A tile's
+/// rows are consecutive input channels of one kernel tap (cin % rows == 0,
+/// checked by the host), so the tap is the tile's and only the pixel is the
+/// lane's. For training, where the forward reads x in place too
+/// (`conv_source`): the im2col matrix is never written.
+pub fn conv_weight_source(tile: SubgroupTile) -> String {
+    let SubgroupTile { lanes: l, rows: r } = tile;
+    let mut out = String::new();
+    emit!(
+        out,
+        "// dW[i, j] = sum_p cols(p, i) * dy[p, j] (and, with flag 2, db[j] = sum_p dy[p, j]): the
+// weight gradient of a convolution of NHWC x, W [kh, kw, cin, cout], as the transposed product of
+// gemm_sg{l} (its header in src/engine/ops/gemm_sg.rs explains the {r} × {cols} tile per
+// {l}-lane subgroup) with cols = im2col(x) read in place: lane l loads row k0 + l of cols, i.e.
+// output pixel k0 + l, from x; the tile's {r} rows of dW are channels c .. c + {last} of one
+// kernel tap (cin % {r} == 0, cout % 4 == 0; checked by the host).
+// Written by src/engine/ops/gemm_sg.rs.
+
+struct Params {{
+  m: u32, n: u32, k: u32, flags: u32,  // m = kh·kw·cin, n = cout, k = output pixels; flags: 2 = db
+  col_blocks: u32, tiles: u32, h: u32, w: u32,
+  cin4: u32, oh: u32, ow: u32, kw: u32,
+  stride: u32, pad_top: u32, pad_left: u32, pad: u32,
+}}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> b: array<vec4<f32>>;   // dy
+@group(0) @binding(4) var<storage, read_write> c: array<vec4<f32>>;   // dW
+@group(0) @binding(5) var<storage, read_write> colsum: array<vec4<f32>>;   // db
+
+@compute @workgroup_size({l})
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(subgroup_invocation_id) lane: u32) {{
+  let tile = wg.x + wg.y * nwg.x;
+  if (tile >= p.tiles) {{ return; }}
+  let i0 = (tile / p.col_blocks) * {r}u;
+  let n4 = p.n / 4u;
+  let mine = (tile % p.col_blocks) * {l}u + lane;   // this lane's vec4 column
+  let col4 = min(mine, n4 - 1u);
+  let klast = p.k - 1u;
+  let cin = p.cin4 * 4u;
+  let tap = i0 / cin;
+  let c4 = i0 % cin / 4u;
+  let ky = tap / p.kw;
+  let kx = tap % p.kw;",
+        cols = 4 * l,
+        last = r - 1
+    );
+    for row in 0..r {
+        emit!(out, "  var s{row} = vec4<f32>();");
+    }
+    transposed_loop(&mut out, tile, TransposedA::Conv);
+    emit!(out, "  if (mine >= n4) {{ return; }}");
+    for row in 0..r {
+        emit!(
+            out,
+            "  if (i0 + {row}u < p.m) {{ c[(i0 + {row}u) * n4 + col4] = s{row}; }}"
+        );
+    }
+    emit!(out, "}}");
+    out
 }
