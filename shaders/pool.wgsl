@@ -123,6 +123,61 @@ fn max_backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_
   y[((n * p.h + iy) * p.w) * p.c + t] = s;
 }
 
+// Overlapping windows at stride 2 (size 3 or 4, the stem's 3×3/2): one
+// invocation owns the 2×2 block of input pixels (2a + dy, 2b + dx), which
+// only windows a - 1, a (rows) and b - 1, b (columns) can cover, so each of
+// those windows' dy and tap is loaded once for the four pixels (8 loads and 4
+// stores, against 2 loads per covering window and a store per pixel).
+// x = dy, arg = winning taps, y = dx. Grid (ceil(ceil(w / 2)·c / 64), ceil(h / 2), n).
+@compute @workgroup_size(64)
+fn max_backward_s2(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+  let t = wg.x * 64u + li;
+  if (t >= (p.w + 1u) / 2u * p.c) { return; }
+  let a = wg.y;
+  let n = wg.z;
+  let b_c = divmod(t, p.c);
+  let b = b_c.x;
+  var s00 = V(0.0);
+  var s01 = V(0.0);
+  var s10 = V(0.0);
+  var s11 = V(0.0);
+  for (var wy = 0u; wy < 2u; wy++) {
+    let oy = a + wy - 1u;  // wraps past oh when a == 0 and wy == 0
+    for (var wx = 0u; wx < 2u; wx++) {
+      let ox = b + wx - 1u;
+      if (oy < p.oh && ox < p.ow) {
+        let o = ((n * p.oh + oy) * p.ow + ox) * p.c + b_c.y;
+        let g = x[o];
+        let tap = arg[o];
+        // The block's top-left pixel is tap (ky, kx) of this window; the
+        // others are one row / column further (when still inside it).
+        let ky = 2u - 2u * wy;
+        let kx = 2u - 2u * wx;
+        // A pixel outside the window compares with tap -1, which never won.
+        let right = kx + 1u < p.size;
+        let below = ky + 1u < p.size;
+        let t00 = f32(ky * p.size + kx);
+        let t01 = select(-1.0, t00 + 1.0, right);
+        let t10 = select(-1.0, t00 + f32(p.size), below);
+        let t11 = select(-1.0, t00 + f32(p.size + 1u), right && below);
+        s00 += select(V(0.0), g, tap == V(t00));
+        s01 += select(V(0.0), g, tap == V(t01));
+        s10 += select(V(0.0), g, tap == V(t10));
+        s11 += select(V(0.0), g, tap == V(t11));
+      }
+    }
+  }
+  let iy = 2u * a;
+  let ix = 2u * b;
+  let o = ((n * p.h + iy) * p.w + ix) * p.c + b_c.y;
+  y[o] = s00;
+  if (ix + 1u < p.w) { y[o + p.c] = s01; }
+  if (iy + 1u < p.h) {
+    y[o + p.w * p.c] = s10;
+    if (ix + 1u < p.w) { y[o + (p.w + 1u) * p.c] = s11; }
+  }
+}
+
 @compute @workgroup_size(64)
 fn avg_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
   let t = wg.x * 64u + li;

@@ -281,6 +281,11 @@ fn pool_cases() -> Vec<([usize; 4], usize, usize)> {
         ([2, 7, 9, 5], 3, 2),
         ([1, 4, 4, 1], 1, 1),
         ([2, 6, 5, 7], 3, 1),
+        // Stride 2 with overlapping windows (2×2 blocks of pixels per
+        // invocation): odd and even sides, windows past the last pixel pair.
+        ([1, 8, 7, 4], 3, 2),
+        ([2, 9, 10, 3], 4, 2),
+        ([1, 6, 9, 8], 4, 2),
         // The model's: stem max-pool 3/2, the blocks' 2/2, the final average 2/2.
         ([2, 24, 24, 64], 3, 2),
         ([2, 11, 11, 64], 2, 2),

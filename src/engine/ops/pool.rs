@@ -155,17 +155,25 @@ impl Pool2d {
 
     pub fn max_backward(&self, gpu: &Gpu, dy: &Tensor, arg: &Tensor) -> Result<Tensor> {
         let dx = gpu.empty(&[self.n, self.h, self.w, self.c])?;
-        let entry = if self.size == self.stride {
-            "max_backward_tiled"
-        } else {
-            "max_backward"
+        let (entry, grid) = match (self.size, self.stride) {
+            (size, stride) if size == stride => ("max_backward_tiled", self.in_grid()),
+            // 2×2 blocks of pixels, each covered by at most 2×2 windows.
+            (3 | 4, 2) => (
+                "max_backward_s2",
+                [
+                    (self.w.div_ceil(2) * self.cv()).div_ceil(64) as u32,
+                    self.h.div_ceil(2) as u32,
+                    self.n as u32,
+                ],
+            ),
+            _ => ("max_backward", self.in_grid()),
         };
         let k = gpu.kernel(SHADERS.pick(self.c.is_multiple_of(4)), entry, &[]);
         gpu.dispatch_xyz(
             &k,
             bytemuck::bytes_of(&self.params()),
             &[(1, dy), (2, arg), (3, &dx)],
-            self.in_grid(),
+            grid,
         )?;
         Ok(dx)
     }
