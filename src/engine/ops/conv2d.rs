@@ -13,7 +13,7 @@ use anyhow::{Result, bail, ensure};
 use bytemuck::{Pod, Zeroable};
 
 use crate::engine::ops::ShaderPair;
-use crate::engine::ops::gemm::{Gemm, SG8_TILE, SG16_TILE, Strides};
+use crate::engine::ops::gemm::{Gemm, RowsInto, SG8_TILE, SG16_TILE, Strides};
 use crate::engine::ops::gemm_sg::{self, SubgroupTile};
 use crate::engine::ops::pool::Pool2d;
 use crate::engine::ops::reduce::column_sums;
@@ -307,6 +307,17 @@ impl Conv2d {
             && self.pad_top == 0
             && self.pad_left == 0
             && (self.oh, self.ow) == (self.h, self.w)
+    }
+
+    /// A 1×1, stride-1, unpadded convolution computing only the top-left
+    /// part of its output (`cropped`): its im2col is a crop of x.
+    fn is_cropped_pointwise(&self) -> bool {
+        self.kh == 1
+            && self.kw == 1
+            && self.stride == 1
+            && self.pad_top == 0
+            && self.pad_left == 0
+            && !self.is_pointwise()
     }
 
     pub fn flops(&self) -> f64 {
@@ -606,8 +617,19 @@ impl Conv2d {
         let (k, cout) = (self.k(), self.cout);
         // Wᵀ [cout, k] so that the product reads it row by row.
         let wt = transpose(gpu, w, k, cout)?;
-        let dcols = gpu.empty(&[self.m(), k])?;
         let g = Gemm::new(self.m(), k, cout, Strides::rows(cout));
+        if self.is_cropped_pointwise() && g.on_subgroups(gpu) {
+            // dcols is dx's top-left pixels: stored there, the rest zeros.
+            let dx = gpu.zeros(&[self.n, self.h, self.w, self.cin])?;
+            let (oh, ow, h, w) = (self.oh, self.ow, self.h, self.w);
+            let into = Gemm {
+                rows_into: Some(RowsInto { oh, ow, h, w }),
+                ..g
+            };
+            into.run(gpu, dy, &wt, None, &dx)?;
+            return Ok(dx);
+        }
+        let dcols = gpu.empty(&[self.m(), k])?;
         g.run(gpu, dy, &wt, None, &dcols)?;
         if self.is_pointwise() {
             return Ok(dcols.reshape(&[self.n, self.h, self.w, self.cin]));

@@ -90,6 +90,20 @@ pub struct Gemm {
     pub a_padded: bool,
     /// Write max(c, 0): a ReLU after the product (and bias) in the same pass.
     pub relu: bool,
+    /// Store C's rows, pixels of `oh × ow` images, into `h × w` images
+    /// instead (the rest of c untouched); subgroup kernels only.
+    pub rows_into: Option<RowsInto>,
+}
+
+/// Rows of C that are the pixels of [n, oh, ow] images, stored at the
+/// top-left of [n, h, w] ones: a cropped 1×1 convolution's grad_input
+/// written straight into dx, whose other pixels are zero.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RowsInto {
+    pub oh: usize,
+    pub ow: usize,
+    pub h: usize,
+    pub w: usize,
 }
 
 #[repr(C)]
@@ -119,6 +133,10 @@ struct Sg8Params {
     col_blocks: u32,
     tiles: u32,
     pad: u32,
+    into_ow: u32,
+    into_dw: u32,
+    into_img: u32,
+    into_dimg: u32,
 }
 
 impl Gemm {
@@ -132,7 +150,14 @@ impl Gemm {
             accumulate: false,
             a_padded: false,
             relu: false,
+            rows_into: None,
         }
+    }
+
+    /// True when this product runs on a subgroup kernel here (the only ones
+    /// that take `rows_into`).
+    pub fn on_subgroups(&self, gpu: &Gpu) -> bool {
+        self.subgroup_layout(gpu).is_some()
     }
 
     pub fn flops(&self) -> f64 {
@@ -230,8 +255,8 @@ impl Gemm {
             return self.encode_subgroup(gpu, sk, rows_layout, operands, bias, [b_sums, residual]);
         }
         ensure!(
-            b_sums.is_none() && residual.is_none(),
-            "gemm: only the subgroup kernels sum B or add a residual"
+            b_sums.is_none() && residual.is_none() && self.rows_into.is_none(),
+            "gemm: only the subgroup kernels sum B, add a residual or store rows into images"
         );
         self.encode_portable(gpu, operands, bias)
     }
@@ -253,6 +278,17 @@ impl Gemm {
             "gemm: C holds {} values, needs {m}x{n}",
             c.len()
         );
+        if let Some(RowsInto { oh, ow, h, w }) = self.rows_into {
+            ensure!(
+                oh > 0 && ow > 0 && oh <= h && ow <= w && m.is_multiple_of(oh * ow),
+                "gemm: rows of {oh}x{ow} images ({m} rows) into {h}x{w} ones"
+            );
+            ensure!(
+                c.len() >= m / (oh * ow) * h * w * n,
+                "gemm: C holds {} values, too few for {h}x{w} images",
+                c.len()
+            );
+        }
         if let Some(bias) = bias {
             ensure!(
                 bias.len() >= n,
@@ -277,7 +313,7 @@ impl Gemm {
         let (dummy, sink) = (gpu.dummy()?, gpu.sink()?);
         let col_blocks = n.div_ceil(sk.tile.cols());
         let tiles = m.div_ceil(sk.tile.rows) * col_blocks;
-        let params = Sg8Params {
+        let mut params = Sg8Params {
             m: m as u32,
             n: n as u32,
             k: self.k as u32,
@@ -285,11 +321,22 @@ impl Gemm {
             flags: bias.is_some() as u32
                 | (b_sums.is_some() as u32) << 1
                 | (self.relu as u32) << 2
-                | (residual.is_some() as u32) << 3,
+                | (residual.is_some() as u32) << 3
+                | (self.rows_into.is_some() as u32) << 5,
             col_blocks: col_blocks as u32,
             tiles: tiles as u32,
             pad: 0,
+            into_ow: 1,
+            into_dw: 0,
+            into_img: 1,
+            into_dimg: 0,
         };
+        if let Some(RowsInto { oh, ow, h, w }) = self.rows_into {
+            params.into_ow = ow as u32;
+            params.into_dw = (w - ow) as u32;
+            params.into_img = (oh * ow) as u32;
+            params.into_dimg = ((h - oh) * w) as u32;
+        }
         let shader = Shader {
             name: sk.name,
             source: &sk.source,

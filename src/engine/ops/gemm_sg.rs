@@ -90,7 +90,10 @@ fn header(out: &mut String, SubgroupTile { lanes: l, rows: r }: SubgroupTile) {
 struct Params {{
   m: u32, n: u32, k: u32, lda: u32,
   flags: u32, col_blocks: u32, tiles: u32, pad: u32,
-  // flags: 1 = add bias, 2 = sum B's columns, 4 = ReLU, 8 = add the residual
+  // flags: 1 = add bias, 2 = sum B's columns, 4 = ReLU, 8 = add the residual,
+  // 32 = rows into a larger image: row i is stored at row
+  // i + (i / into_ow) * into_dw + (i / into_img) * into_dimg of c
+  into_ow: u32, into_dw: u32, into_img: u32, into_dimg: u32,
 }}
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -114,7 +117,11 @@ override A_ROWS: bool = true;
 fn store(row: u32, col4: u32, s: vec4<f32>, bias_v: vec4<f32>) {{
   if (row < p.m) {{
     var v = s + bias_v;
-    let i = row * (p.n / 4u) + col4;
+    var dest = row;
+    if ((p.flags & 32u) != 0u) {{
+      dest += row / p.into_ow * p.into_dw + row / p.into_img * p.into_dimg;
+    }}
+    let i = dest * (p.n / 4u) + col4;
     if ((p.flags & 8u) != 0u) {{ v += residual[i]; }}
     if ((p.flags & 4u) != 0u) {{ v = max(v, vec4<f32>()); }}
     c[i] = v;
