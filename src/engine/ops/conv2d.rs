@@ -74,6 +74,24 @@ pub enum Columns {
     Implicit(Tensor),
 }
 
+/// The convolution's shape as every conv kernel reads it, after its own
+/// first fields; `cin_v` counts vec4s of channels (or channels when
+/// cin % 4 != 0, which only im2col and col2im take).
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Geometry {
+    h: u32,
+    w: u32,
+    cin_v: u32,
+    oh: u32,
+    ow: u32,
+    kh: u32,
+    kw: u32,
+    stride: u32,
+    pad_top: u32,
+    pad_left: u32,
+}
+
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
 struct WeightGradParams {
@@ -83,16 +101,7 @@ struct WeightGradParams {
     flags: u32,
     col_blocks: u32,
     tiles: u32,
-    h: u32,
-    w: u32,
-    cin4: u32,
-    oh: u32,
-    ow: u32,
-    kw: u32,
-    stride: u32,
-    pad_top: u32,
-    pad_left: u32,
-    pad: u32,
+    geometry: Geometry,
 }
 
 #[repr(C)]
@@ -103,16 +112,7 @@ struct ImplicitParams {
     flags: u32,
     col_blocks: u32,
     tiles: u32,
-    h: u32,
-    w: u32,
-    cin4: u32,
-    oh: u32,
-    ow: u32,
-    kh: u32,
-    kw: u32,
-    stride: u32,
-    pad_top: u32,
-    pad_left: u32,
+    geometry: Geometry,
     /// Kernel columns this far apart in x (1; 4 for the gray path).
     dil_x: u32,
 }
@@ -167,16 +167,7 @@ pub struct Conv2d {
 #[derive(Clone, Copy, Pod, Zeroable)]
 struct Params {
     n: u32,
-    h: u32,
-    w: u32,
-    cin: u32,
-    oh: u32,
-    ow: u32,
-    kh: u32,
-    kw: u32,
-    stride: u32,
-    pad_top: u32,
-    pad_left: u32,
+    geometry: Geometry,
     k: u32,
     ld: u32,
     pad: [u32; 3],
@@ -324,12 +315,13 @@ impl Conv2d {
         2.0 * (self.m() * self.k() * self.cout) as f64
     }
 
-    fn params(&self) -> Params {
-        Params {
-            n: self.n as u32,
+    /// The kernels' view of this shape (channels counted in vec4s when
+    /// cin % 4 == 0, always so for the implicit kernels).
+    fn geometry(&self) -> Geometry {
+        Geometry {
             h: self.h as u32,
             w: self.w as u32,
-            cin: (self.cin / self.width()) as u32,
+            cin_v: (self.cin / self.width()) as u32,
             oh: self.oh as u32,
             ow: self.ow as u32,
             kh: self.kh as u32,
@@ -337,6 +329,13 @@ impl Conv2d {
             stride: self.stride as u32,
             pad_top: self.pad_top as u32,
             pad_left: self.pad_left as u32,
+        }
+    }
+
+    fn params(&self) -> Params {
+        Params {
+            n: self.n as u32,
+            geometry: self.geometry(),
             k: (self.k() / self.width()) as u32,
             ld: (self.ld() / self.width()) as u32,
             pad: [0; 3],
@@ -484,16 +483,7 @@ impl Conv2d {
             flags: 1 | (then.relu as u32) << 2 | (then.pool as u32) << 4,
             col_blocks: col_blocks as u32,
             tiles: tiles as u32,
-            h: self.h as u32,
-            w: self.w as u32,
-            cin4: (self.cin / 4) as u32,
-            oh: self.oh as u32,
-            ow: self.ow as u32,
-            kh: self.kh as u32,
-            kw: self.kw as u32,
-            stride: self.stride as u32,
-            pad_top: self.pad_top as u32,
-            pad_left: self.pad_left as u32,
+            geometry: self.geometry(),
             dil_x: dil_x as u32,
         };
         let shader = Shader { name, source };
@@ -535,8 +525,11 @@ impl Conv2d {
         );
         let x4 = gpu.empty(&[self.n, hp, wp, 4])?;
         let params = Params {
-            oh: hp as u32,
-            ow: wp as u32,
+            geometry: Geometry {
+                oh: hp as u32,
+                ow: wp as u32,
+                ..self.geometry()
+            },
             k: 1,
             ..self.params()
         };
@@ -734,16 +727,7 @@ impl Conv2d {
             flags: (db.is_some() as u32) << 1,
             col_blocks: col_blocks as u32,
             tiles: tiles as u32,
-            h: self.h as u32,
-            w: self.w as u32,
-            cin4: (self.cin / 4) as u32,
-            oh: self.oh as u32,
-            ow: self.ow as u32,
-            kw: self.kw as u32,
-            stride: self.stride as u32,
-            pad_top: self.pad_top as u32,
-            pad_left: self.pad_left as u32,
-            pad: 0,
+            geometry: self.geometry(),
         };
         let kernel = gpu.kernel(&Shader { name, source }, "main", &[]);
         let sink = gpu.sink()?;
@@ -773,8 +757,11 @@ pub fn transpose(gpu: &Gpu, x: &Tensor, rows: usize, cols: usize) -> Result<Tens
     );
     let out = gpu.empty(&[cols, rows])?;
     let params = Params {
-        h: rows as u32,
-        w: cols as u32,
+        geometry: Geometry {
+            h: rows as u32,
+            w: cols as u32,
+            ..Geometry::zeroed()
+        },
         ..Params::zeroed()
     };
     if rows.is_multiple_of(4) && cols.is_multiple_of(4) {

@@ -128,7 +128,26 @@ fn store(row: u32, col4: u32, s: vec4<f32>, bias_v: vec4<f32>) {{
   }}
 }}
 
-@compute @workgroup_size({l})
+"
+    );
+    entry_point(out, SubgroupTile { lanes: l, rows: r });
+    emit!(
+        out,
+        "  let lda4 = p.lda / 4u;
+  let klast = p.k - 1u;"
+    );
+    for row in 0..r {
+        emit!(out, "  var s{row} = vec4<f32>();");
+    }
+}
+
+/// The entry point of every subgroup kernel up to the tile's coordinates:
+/// one workgroup (one subgroup) per tile of `rows` rows of C by the lanes'
+/// vec4 columns; `mine` is this lane's vec4 column, `col4` it clamped to n.
+fn entry_point(out: &mut String, SubgroupTile { lanes: l, rows: r }: SubgroupTile) {
+    emit!(
+        out,
+        "@compute @workgroup_size({l})
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(subgroup_invocation_id) lane: u32) {{
   let tile = wg.x + wg.y * nwg.x;
@@ -136,13 +155,8 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
   let i0 = (tile / p.col_blocks) * {r}u;
   let n4 = p.n / 4u;
   let mine = (tile % p.col_blocks) * {l}u + lane;   // this lane's vec4 column
-  let col4 = min(mine, n4 - 1u);
-  let lda4 = p.lda / 4u;
-  let klast = p.k - 1u;"
+  let col4 = min(mine, n4 - 1u);"
     );
-    for row in 0..r {
-        emit!(out, "  var s{row} = vec4<f32>();");
-    }
 }
 
 const COMPONENTS: [char; 4] = ['x', 'y', 'z', 'w'];
@@ -265,18 +279,11 @@ fn store(row: u32, rows: u32, col4: u32, s: vec4<f32>, bias_v: vec4<f32>) {{
   }}
 }}
 
-@compute @workgroup_size({l})
-fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(subgroup_invocation_id) lane: u32) {{
-  let tile = wg.x + wg.y * nwg.x;
-  if (tile >= p.tiles) {{ return; }}
-  let i0 = (tile / p.col_blocks) * {r}u;
-  let n4 = p.n / 4u;
-  let mine = (tile % p.col_blocks) * {l}u + lane;   // this lane's vec4 column
-  let col4 = min(mine, n4 - 1u);",
+",
         cols = 4 * l,
         pooled = r / 4
     );
+    entry_point(&mut out, tile);
     for row in 0..r {
         emit!(out, "  var s{row} = vec4<f32>();");
     }
@@ -478,8 +485,8 @@ pub fn conv_weight_source(tile: SubgroupTile) -> String {
 struct Params {{
   m: u32, n: u32, k: u32, flags: u32,  // m = kh·kw·cin, n = cout, k = output pixels; flags: 2 = db
   col_blocks: u32, tiles: u32, h: u32, w: u32,
-  cin4: u32, oh: u32, ow: u32, kw: u32,
-  stride: u32, pad_top: u32, pad_left: u32, pad: u32,
+  cin4: u32, oh: u32, ow: u32, kh: u32,
+  kw: u32, stride: u32, pad_top: u32, pad_left: u32,
 }}
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -488,23 +495,19 @@ struct Params {{
 @group(0) @binding(4) var<storage, read_write> c: array<vec4<f32>>;   // dW
 @group(0) @binding(5) var<storage, read_write> colsum: array<vec4<f32>>;   // db
 
-@compute @workgroup_size({l})
-fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(subgroup_invocation_id) lane: u32) {{
-  let tile = wg.x + wg.y * nwg.x;
-  if (tile >= p.tiles) {{ return; }}
-  let i0 = (tile / p.col_blocks) * {r}u;
-  let n4 = p.n / 4u;
-  let mine = (tile % p.col_blocks) * {l}u + lane;   // this lane's vec4 column
-  let col4 = min(mine, n4 - 1u);
-  let klast = p.k - 1u;
+",
+        cols = 4 * l,
+        last = r - 1
+    );
+    entry_point(&mut out, tile);
+    emit!(
+        out,
+        "  let klast = p.k - 1u;
   let cin = p.cin4 * 4u;
   let tap = i0 / cin;
   let c4 = i0 % cin / 4u;
   let ky = tap / p.kw;
-  let kx = tap % p.kw;",
-        cols = 4 * l,
-        last = r - 1
+  let kx = tap % p.kw;"
     );
     for row in 0..r {
         emit!(out, "  var s{row} = vec4<f32>();");
