@@ -290,25 +290,21 @@ impl Conv2d {
         [self.kh, self.kw, self.cin, self.cout]
     }
 
-    /// True when x itself is the im2col matrix.
-    pub fn is_pointwise(&self) -> bool {
-        self.kh == 1
-            && self.kw == 1
-            && self.stride == 1
-            && self.pad_top == 0
-            && self.pad_left == 0
-            && (self.oh, self.ow) == (self.h, self.w)
+    /// A 1×1, stride-1, unpadded kernel: each output pixel reads the one
+    /// input pixel at its own place.
+    fn is_1x1_in_place(&self) -> bool {
+        (self.kh, self.kw, self.stride, self.pad_top, self.pad_left) == (1, 1, 1, 0, 0)
     }
 
-    /// A 1×1, stride-1, unpadded convolution computing only the top-left
-    /// part of its output (`cropped`): its im2col is a crop of x.
+    /// True when x itself is the im2col matrix.
+    pub fn is_pointwise(&self) -> bool {
+        self.is_1x1_in_place() && (self.oh, self.ow) == (self.h, self.w)
+    }
+
+    /// A 1×1 in-place kernel computing only the top-left part of its output
+    /// (`cropped`): its im2col is a crop of x.
     fn is_cropped_pointwise(&self) -> bool {
-        self.kh == 1
-            && self.kw == 1
-            && self.stride == 1
-            && self.pad_top == 0
-            && self.pad_left == 0
-            && !self.is_pointwise()
+        self.is_1x1_in_place() && !self.is_pointwise()
     }
 
     pub fn flops(&self) -> f64 {

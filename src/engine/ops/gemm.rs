@@ -106,6 +106,15 @@ pub struct RowsInto {
     pub w: usize,
 }
 
+impl RowsInto {
+    /// The kernel's [ow, w − ow, oh·ow, (h − oh)·w]: row i of C is stored at
+    /// i + (i / ow)·(w − ow) + (i / (oh·ow))·(h − oh)·w.
+    fn strides(self) -> [u32; 4] {
+        let RowsInto { oh, ow, h, w } = self;
+        [ow, w - ow, oh * ow, (h - oh) * w].map(|v| v as u32)
+    }
+}
+
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
 struct Params {
@@ -133,10 +142,8 @@ struct Sg8Params {
     col_blocks: u32,
     tiles: u32,
     pad: u32,
-    into_ow: u32,
-    into_dw: u32,
-    into_img: u32,
-    into_dimg: u32,
+    /// `RowsInto::strides` (flag 32).
+    into: [u32; 4],
 }
 
 impl Gemm {
@@ -313,7 +320,7 @@ impl Gemm {
         let (dummy, sink) = (gpu.dummy()?, gpu.sink()?);
         let col_blocks = n.div_ceil(sk.tile.cols());
         let tiles = m.div_ceil(sk.tile.rows) * col_blocks;
-        let mut params = Sg8Params {
+        let params = Sg8Params {
             m: m as u32,
             n: n as u32,
             k: self.k as u32,
@@ -326,17 +333,8 @@ impl Gemm {
             col_blocks: col_blocks as u32,
             tiles: tiles as u32,
             pad: 0,
-            into_ow: 1,
-            into_dw: 0,
-            into_img: 1,
-            into_dimg: 0,
+            into: self.rows_into.map_or([1, 0, 1, 0], RowsInto::strides),
         };
-        if let Some(RowsInto { oh, ow, h, w }) = self.rows_into {
-            params.into_ow = ow as u32;
-            params.into_dw = (w - ow) as u32;
-            params.into_img = (oh * ow) as u32;
-            params.into_dimg = ((h - oh) * w) as u32;
-        }
         let shader = Shader {
             name: sk.name,
             source: &sk.source,

@@ -91,20 +91,22 @@ impl Pool2d {
         }
     }
 
-    fn out_grid(&self) -> [u32; 3] {
+    /// Grid for one invocation per (column, channel V) of `cols` columns,
+    /// one workgroup row per image row of `rows`.
+    fn grid(&self, cols: usize, rows: usize) -> [u32; 3] {
         [
-            (self.ow * self.cv()).div_ceil(64) as u32,
-            self.oh as u32,
+            (cols * self.cv()).div_ceil(64) as u32,
+            rows as u32,
             self.n as u32,
         ]
     }
 
+    fn out_grid(&self) -> [u32; 3] {
+        self.grid(self.ow, self.oh)
+    }
+
     fn in_grid(&self) -> [u32; 3] {
-        [
-            (self.w * self.cv()).div_ceil(64) as u32,
-            self.h as u32,
-            self.n as u32,
-        ]
+        self.grid(self.w, self.h)
     }
 
     /// Returns y and the winning tap of every output (for the backward pass).
@@ -139,16 +141,12 @@ impl Pool2d {
             "max_forward_values",
             &[],
         );
-        let pairs = self.ow.div_ceil(2);
+        // Pairs of horizontal neighbours per invocation.
         gpu.dispatch_xyz(
             &k,
             bytemuck::bytes_of(&self.params()),
             &[(1, x), (3, &y)],
-            [
-                (pairs * self.cv()).div_ceil(64) as u32,
-                self.oh as u32,
-                self.n as u32,
-            ],
+            self.grid(self.ow.div_ceil(2), self.oh),
         )?;
         Ok(y)
     }
@@ -160,11 +158,7 @@ impl Pool2d {
             // 2×2 blocks of pixels, each covered by at most 2×2 windows.
             (3 | 4, 2) => (
                 "max_backward_s2",
-                [
-                    (self.w.div_ceil(2) * self.cv()).div_ceil(64) as u32,
-                    self.h.div_ceil(2) as u32,
-                    self.n as u32,
-                ],
+                self.grid(self.w.div_ceil(2), self.h.div_ceil(2)),
             ),
             _ => ("max_backward", self.in_grid()),
         };
