@@ -1,16 +1,21 @@
 // Batch normalisation over the rows of an [m, c] matrix (NHWC activations
 // flattened), with Keras semantics: biased batch variance, epsilon, and
 // moving averages `moving = momentum · moving + (1 − momentum) · batch`.
-// Column sums and per-chunk moments come from reduce.wgsl; these kernels turn
-// them into statistics and apply them. `stats` is [mean | invstd], invstd = 1/sqrt(var + eps).
-// Row kernels: lanes own channels, a workgroup owns ROWS rows (grid (ceil(c / 32), ceil(m / ROWS))).
-// c counts V's (f32 or vec4<f32>, see `ShaderPair`). With RELU the layer is
-// batch norm followed by ReLU, fused: normalize clamps at zero, and the
-// backward pass masks dy with the fused output y (binding 9) on the fly.
+// Per-chunk moments and sums come from reduce.wgsl's `partial`; the training
+// kernels add its chunks up themselves, each workgroup for its own columns,
+// and apply them to the rows of one chunk (grid (ceil(c / 32), chunks)): no
+// kernel of its own for the statistics, which on a CPU's Vulkan costs a
+// dispatch (≈ 60 µs) whatever it does. The first row of workgroups also writes
+// what later passes need. `stats` is [mean | invstd], invstd = 1/sqrt(var + eps).
+// Lanes own channels; c counts V's (f32 or vec4<f32>, see `ShaderPair`). With
+// RELU the layer is batch norm followed by ReLU, fused: the forward clamps at
+// zero, and the backward masks dy with the fused output y (binding 9).
 
 struct Params {
   m: u32, c: u32, eps: f32, momentum: f32,
-  chunks: u32, rows_per_chunk: u32, pad0: u32, pad1: u32,  // how reduce.wgsl split the rows
+  chunks: u32, rows_per_chunk: u32,  // how reduce.wgsl split the rows
+  gamma_at: u32,  // grad_input: where Σdy·xhat starts in `out2` (after Σdy, aligned for a view)
+  pad0: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -23,9 +28,12 @@ struct Params {
 @group(0) @binding(7) var<storage, read_write> out2: array<V>;
 @group(0) @binding(8) var<storage, read_write> out3: array<V>;
 @group(0) @binding(9) var<storage, read> relu_out: array<V>;
+@group(0) @binding(10) var<storage, read_write> stats_out: array<V>;
 
 override RELU: bool = false;
 override RESIDUAL: bool = false;
+// grad_input also writes dy masked by the ReLU (the residual shortcut's gradient) to out3.
+override SHORTCUT: bool = false;
 
 const ROWS: u32 = 32u;
 
@@ -34,13 +42,10 @@ fn chunk_rows(i: u32) -> f32 {
   return f32(min(p.rows_per_chunk, p.m - i * p.rows_per_chunk));
 }
 
-// a = per-chunk [mean | Σ(x − chunk mean)²] (reduce.wgsl, MOMENTS) → out = stats;
-// out2 = moving mean, out3 = moving variance, updated. The chunks combine as
-// in Chan et al.: M2 = Σ M2_i + n_i (mean_i − mean)², with no cancellation.
-@compute @workgroup_size(32)
-fn stats(@builtin(global_invocation_id) gid: vec3<u32>) {
-  let col = gid.x;
-  if (col >= p.c) { return; }
+// The chunks' [mean | Σ(x − chunk mean)²] (reduce.wgsl, MOMENTS, in `a`)
+// combined into the batch's [mean, biased variance] as in Chan et al.:
+// M2 = Σ M2_i + n_i (mean_i − mean)², with no cancellation.
+fn batch_moments(col: u32) -> array<V, 2> {
   var mean = V(0.0);
   for (var i = 0u; i < p.chunks; i++) { mean += a[i * p.c + col] * chunk_rows(i); }
   mean /= f32(p.m);
@@ -49,11 +54,37 @@ fn stats(@builtin(global_invocation_id) gid: vec3<u32>) {
     let d = a[i * p.c + col] - mean;
     m2 += a[(p.chunks + i) * p.c + col] + chunk_rows(i) * d * d;
   }
-  let var_ = m2 / f32(p.m);
-  out[col] = mean;
-  out[p.c + col] = V(1.0) / sqrt(var_ + V(p.eps));
-  out2[col] = p.momentum * out2[col] + (1.0 - p.momentum) * mean;
-  out3[col] = p.momentum * out3[col] + (1.0 - p.momentum) * var_;
+  return array<V, 2>(mean, m2 / f32(p.m));
+}
+
+// Training forward: y = BN(x) with the batch's statistics (+ e5, then the
+// ReLU, as `normalize`). a = per-chunk moments of x, b = x, c3 = gamma,
+// d4 = beta → out = y; the first row of workgroups also writes stats_out =
+// [mean | invstd] and updates out2 = moving mean, out3 = moving variance.
+@compute @workgroup_size(32)
+fn normalize_train(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+  let col = wg.x * 32u + li;
+  if (col >= p.c) { return; }
+  let moments = batch_moments(col);
+  let mean = moments[0];
+  let invstd = V(1.0) / sqrt(moments[1] + V(p.eps));
+  if (wg.y == 0u) {
+    stats_out[col] = mean;
+    stats_out[p.c + col] = invstd;
+    out2[col] = p.momentum * out2[col] + (1.0 - p.momentum) * mean;
+    out3[col] = p.momentum * out3[col] + (1.0 - p.momentum) * moments[1];
+  }
+  let scale = invstd * c3[col];
+  let shift = d4[col] - mean * scale;
+  let start = wg.y * p.rows_per_chunk;
+  let end = min(start + p.rows_per_chunk, p.m);
+  for (var r = start; r < end; r++) {
+    let i = r * p.c + col;
+    var v = b[i] * scale + shift;
+    if (RESIDUAL) { v += e5[i]; }
+    if (RELU) { v = max(v, V(0.0)); }
+    out[i] = v;
+  }
 }
 
 // Inference: a = moving mean, b = moving variance → out = stats.
@@ -86,24 +117,38 @@ fn normalize(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_ind
 }
 
 // dx = gamma · invstd · (dy − Σdy / m − xhat · Σ(dy·xhat) / m).
-// a = x, b = dy, c3 = stats, d4 = gamma, e5 = [Σdy | Σdy·xhat] → out = dx;
-// with RELU, dy is first masked where relu_out is zero.
+// a = x, b = dy, c3 = stats, d4 = gamma, e5 = per-chunk [Σdy | Σdy·xhat]
+// (reduce.wgsl's `partial`, added up here) → out = dx; the first row of
+// workgroups also writes the sums to out2 (Σdy at 0, Σdy·xhat at gamma_at:
+// the gradients of beta and gamma). With RELU, dy is first masked where
+// relu_out is zero; with SHORTCUT that masked dy is written to out3 too.
 @compute @workgroup_size(32)
 fn grad_input(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
   let col = wg.x * 32u + li;
   if (col >= p.c) { return; }
+  var sdy = V(0.0);
+  var sdyx = V(0.0);
+  for (var i = 0u; i < p.chunks; i++) {
+    sdy += e5[i * p.c + col];
+    sdyx += e5[(p.chunks + i) * p.c + col];
+  }
+  if (wg.y == 0u) {
+    out2[col] = sdy;
+    out2[p.gamma_at + col] = sdyx;
+  }
   let mean = c3[col];
   let invstd = c3[p.c + col];
-  let mdy = e5[col] / f32(p.m);
-  let mdyx = e5[p.c + col] / f32(p.m);
+  let mdy = sdy / f32(p.m);
+  let mdyx = sdyx / f32(p.m);
   let k = d4[col] * invstd;
-  let start = wg.y * ROWS;
-  let end = min(start + ROWS, p.m);
+  let start = wg.y * p.rows_per_chunk;
+  let end = min(start + p.rows_per_chunk, p.m);
   for (var r = start; r < end; r++) {
     let i = r * p.c + col;
     let xhat = (a[i] - mean) * invstd;
     var g = b[i];
     if (RELU) { g = select(V(0.0), g, relu_out[i] > V(0.0)); }
+    if (SHORTCUT) { out3[i] = g; }
     out[i] = k * (g - mdy - xhat * mdyx);
   }
 }

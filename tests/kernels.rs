@@ -378,6 +378,8 @@ fn bn_cases() -> Vec<(usize, usize)> {
         (64 * 25, 256),
         (64 * 4, 512),
         (64 * 121, 64),
+        // 64 chunks, the last one shorter.
+        (9000, 8),
     ]
 }
 
@@ -474,6 +476,7 @@ fn batchnorm_forward_train_infer_backward() {
         let g = bn
             .backward(&gpu, &xt, &y, &upload(&gpu, &[m, c], &dy), &stats, &gt)
             .unwrap();
+        assert!(g.dshortcut.is_none());
         let (dx, dgamma, dbeta) =
             batchnorm::cpu::backward(&f64s(&x), &f64s(&dy), c, &f64s(&gamma), eps);
         // With one row, x − mean is 0 and dx is exactly 0.
@@ -837,12 +840,18 @@ fn batchnorm_relu_fused_forward_and_backward() {
         let (dx, dgamma, dbeta) =
             batchnorm::cpu::backward(&f64s(&x), &masked, c, &f64s(&gamma), eps);
         let g = bn
-            .backward(&gpu, &xt, &y, &upload(&gpu, &[m, c], &dy), &stats, &gt)
+            .backward_add(&gpu, &xt, &y, &upload(&gpu, &[m, c], &dy), &stats, &gt)
             .unwrap();
         check(
             &format!("batchnorm_relu_grad_input {m}x{c}"),
             &read(&gpu, &g.dx),
             &dx,
+        );
+        // The shortcut's gradient: dy through the ReLU alone.
+        check(
+            &format!("batchnorm_relu_grad_shortcut {m}x{c}"),
+            &read(&gpu, g.dshortcut.as_ref().unwrap()),
+            &masked,
         );
         check(
             &format!("batchnorm_relu_grad_gamma {m}x{c}"),

@@ -82,12 +82,11 @@ pub fn batch_norm_add_relu(
         &[x, p.gamma, p.beta, shortcut],
         &y,
         move |gpu, dy, needs| {
-            let g = bn.backward(gpu, &x2, &y2, dy, &stats, &gamma)?;
-            let dshortcut = match needs[3] {
-                true => Some(elementwise::relu_backward(gpu, &y2, dy)?),
-                false => None,
+            let g = match needs[3] {
+                true => bn.backward_add(gpu, &x2, &y2, dy, &stats, &gamma)?,
+                false => bn.backward(gpu, &x2, &y2, dy, &stats, &gamma)?,
             };
-            Ok(vec![Some(g.dx), Some(g.dgamma), Some(g.dbeta), dshortcut])
+            Ok(vec![Some(g.dx), Some(g.dgamma), Some(g.dbeta), g.dshortcut])
         },
     );
     Ok(y)

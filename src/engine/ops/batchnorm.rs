@@ -8,7 +8,7 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::engine::gpu::Kernel;
 use crate::engine::ops::ShaderPair;
-use crate::engine::ops::reduce::{Chunks, Sum, add_up_chunks, column_partials};
+use crate::engine::ops::reduce::{Chunks, Sum, column_partials};
 use crate::engine::ops::shader_pair;
 use crate::engine::{Gpu, Tensor};
 
@@ -27,7 +27,8 @@ struct Params {
     momentum: f32,
     chunks: u32,
     rows_per_chunk: u32,
-    pad: [u32; 2],
+    gamma_at: u32,
+    pad: u32,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -52,6 +53,9 @@ pub struct BnGrads {
     pub dx: Tensor,
     pub dgamma: Tensor,
     pub dbeta: Tensor,
+    /// dy masked by the fused ReLU, when asked for: the gradient a residual
+    /// shortcut added before that ReLU receives.
+    pub dshortcut: Option<Tensor>,
 }
 
 impl BatchNorm {
@@ -88,14 +92,13 @@ impl BatchNorm {
 
     /// The kernel, with `normalize` adding a residual when `residual`.
     fn kernel_with(&self, gpu: &Gpu, entry: &str, residual: bool) -> Arc<Kernel> {
-        gpu.kernel(
-            SHADERS.pick(self.c.is_multiple_of(4)),
-            entry,
-            &[
-                ("RELU", self.relu as u32 as f64),
-                ("RESIDUAL", residual as u32 as f64),
-            ],
-        )
+        self.kernel_overriding(gpu, entry, &[("RESIDUAL", residual)])
+    }
+
+    fn kernel_overriding(&self, gpu: &Gpu, entry: &str, flags: &[(&str, bool)]) -> Arc<Kernel> {
+        let mut constants = vec![("RELU", self.relu as u32 as f64)];
+        constants.extend(flags.iter().map(|&(name, on)| (name, on as u32 as f64)));
+        gpu.kernel(SHADERS.pick(self.c.is_multiple_of(4)), entry, &constants)
     }
 
     /// Workgroups across the channels (32 lanes each).
@@ -112,8 +115,20 @@ impl BatchNorm {
             momentum: self.momentum,
             chunks: split.chunks as u32,
             rows_per_chunk: split.rows_per_chunk as u32,
-            pad: [0; 2],
+            gamma_at: (self.gamma_at() * self.cv() / self.c) as u32,
+            pad: 0,
         }
+    }
+
+    /// Where Σdy·xhat (dgamma) starts after Σdy (dbeta) in the backward's
+    /// sums: a multiple of 64 floats, so that both can be views.
+    fn gamma_at(&self) -> usize {
+        self.c.next_multiple_of(64)
+    }
+
+    /// The training kernels' grid: column groups × reduce.wgsl's chunks.
+    fn chunk_grid(&self, m: usize) -> [u32; 3] {
+        [self.groups(), Chunks::of(m).chunks as u32, 1]
     }
 
     fn rows(&self, x: &Tensor) -> Result<usize> {
@@ -130,10 +145,7 @@ impl BatchNorm {
     /// moving averages in place. Returns y and the stats [mean | invstd]
     /// that the backward pass needs.
     pub fn forward_train(&self, gpu: &Gpu, x: &Tensor, p: &BnParams) -> Result<(Tensor, Tensor)> {
-        let m = self.rows(x)?;
-        let stats = self.batch_stats(gpu, x, p, m)?;
-        let y = self.apply(gpu, x, &stats, p, None, m)?;
-        Ok((y, stats))
+        self.train(gpu, x, p, None)
     }
 
     /// Training mode with a residual: BN(x) + residual (then the ReLU when
@@ -146,29 +158,54 @@ impl BatchNorm {
         p: &BnParams,
         residual: &Tensor,
     ) -> Result<(Tensor, Tensor)> {
-        let m = self.rows(x)?;
-        let stats = self.batch_stats(gpu, x, p, m)?;
-        let y = self.apply(gpu, x, &stats, p, Some(residual), m)?;
-        Ok((y, stats))
+        self.train(gpu, x, p, Some(residual))
     }
 
-    /// [mean | invstd] of x's columns; updates the moving averages.
-    fn batch_stats(&self, gpu: &Gpu, x: &Tensor, p: &BnParams, m: usize) -> Result<Tensor> {
-        let stats = gpu.empty(&[2, self.c])?;
+    /// Two dispatches: the chunks' moments (reduce.wgsl), then
+    /// `normalize_train`, which combines them, writes the stats, updates the
+    /// moving averages and normalises.
+    fn train(
+        &self,
+        gpu: &Gpu,
+        x: &Tensor,
+        p: &BnParams,
+        residual: Option<&Tensor>,
+    ) -> Result<(Tensor, Tensor)> {
+        let m = self.rows(x)?;
+        self.check_residual(x, residual)?;
         let (moments, split) = column_partials(gpu, Sum::Moments, x, None, None, None, self.c)?;
         debug_assert_eq!(split, Chunks::of(m));
-        gpu.dispatch(
-            &self.kernel(gpu, "stats"),
+        let stats = gpu.empty(&[2, self.c])?;
+        let y = gpu.empty(x.shape())?;
+        gpu.dispatch_xyz(
+            &self.kernel_with(gpu, "normalize_train", residual.is_some()),
             bytemuck::bytes_of(&self.params(m)),
             &[
                 (1, &moments),
-                (6, &stats),
+                (2, x),
+                (3, p.gamma),
+                (4, p.beta),
+                (5, residual.unwrap_or(x)),
+                (6, &y),
                 (7, p.moving_mean),
                 (8, p.moving_var),
+                (10, &stats),
             ],
-            self.groups(),
+            self.chunk_grid(m),
         )?;
-        Ok(stats)
+        Ok((y, stats))
+    }
+
+    fn check_residual(&self, x: &Tensor, residual: Option<&Tensor>) -> Result<()> {
+        if let Some(r) = residual {
+            ensure!(
+                r.shape() == x.shape(),
+                "batch norm: residual {:?} for input {:?}",
+                r.shape(),
+                x.shape()
+            );
+        }
+        Ok(())
     }
 
     /// Inference mode: normalise with the moving averages.
@@ -214,14 +251,7 @@ impl BatchNorm {
         residual: Option<&Tensor>,
         m: usize,
     ) -> Result<Tensor> {
-        if let Some(r) = residual {
-            ensure!(
-                r.shape() == x.shape(),
-                "batch norm: residual {:?} for input {:?}",
-                r.shape(),
-                x.shape()
-            );
-        }
+        self.check_residual(x, residual)?;
         let y = gpu.empty(x.shape())?;
         // The kernel's layout has the residual's binding either way: x stands
         // in when the RESIDUAL override leaves it unread.
@@ -253,6 +283,32 @@ impl BatchNorm {
         stats: &Tensor,
         gamma: &Tensor,
     ) -> Result<BnGrads> {
+        self.grads(gpu, [x, y, dy, stats, gamma], false)
+    }
+
+    /// `backward` of `forward_train_add` with the ReLU fused: also dy masked
+    /// by that ReLU (`dshortcut`), the gradient of the residual.
+    pub fn backward_add(
+        &self,
+        gpu: &Gpu,
+        x: &Tensor,
+        y: &Tensor,
+        dy: &Tensor,
+        stats: &Tensor,
+        gamma: &Tensor,
+    ) -> Result<BnGrads> {
+        self.grads(gpu, [x, y, dy, stats, gamma], true)
+    }
+
+    /// Two dispatches: the chunks' sums (reduce.wgsl), then `grad_input`,
+    /// which adds them up, writes dbeta and dgamma, computes dx and, with
+    /// `shortcut`, writes the masked dy.
+    fn grads(&self, gpu: &Gpu, tensors: [&Tensor; 5], shortcut: bool) -> Result<BnGrads> {
+        let [x, y, dy, stats, gamma] = tensors;
+        ensure!(
+            self.relu || !shortcut,
+            "batch norm: a shortcut's gradient needs the fused ReLU"
+        );
         let m = self.rows(x)?;
         let c = self.c;
         let (mode, relu_out) = if self.relu {
@@ -260,28 +316,37 @@ impl BatchNorm {
         } else {
             (Sum::BatchNormBackward, None)
         };
-        let (part, split) = column_partials(gpu, mode, x, Some(dy), Some(stats), relu_out, c)?;
-        let sums = add_up_chunks(gpu, &part, split, c)?;
+        let (part, _) = column_partials(gpu, mode, x, Some(dy), Some(stats), relu_out, c)?;
+        let sums = gpu.empty(&[self.gamma_at() + c])?;
         let dx = gpu.empty(x.shape())?;
+        let dshortcut = if shortcut {
+            Some(gpu.empty(x.shape())?)
+        } else {
+            None
+        };
+        let sink = gpu.sink()?;
         gpu.dispatch_xyz(
-            &self.kernel(gpu, "grad_input"),
+            &self.kernel_overriding(gpu, "grad_input", &[("SHORTCUT", shortcut)]),
             bytemuck::bytes_of(&self.params(m)),
             &[
                 (1, x),
                 (2, dy),
                 (3, stats),
                 (4, gamma),
-                (5, &sums),
+                (5, &part),
                 (6, &dx),
+                (7, &sums),
+                (8, dshortcut.as_ref().unwrap_or(&sink)),
                 (9, y),
             ],
-            [self.groups(), m.div_ceil(ROWS) as u32, 1],
+            self.chunk_grid(m),
         )?;
-        let dbeta = gpu.empty(&[c])?;
-        let dgamma = gpu.empty(&[c])?;
-        gpu.copy(&sums, 0, &dbeta, 0, c)?;
-        gpu.copy(&sums, c, &dgamma, 0, c)?;
-        Ok(BnGrads { dx, dgamma, dbeta })
+        Ok(BnGrads {
+            dx,
+            dbeta: sums.view(0, &[c]),
+            dgamma: sums.view(self.gamma_at(), &[c]),
+            dshortcut,
+        })
     }
 }
 

@@ -16,7 +16,7 @@ pub enum Sum {
     /// Σ x
     Plain,
     /// Per chunk: [mean | Σ (x − mean)²] of the chunk's rows, which
-    /// `batchnorm.wgsl`'s `stats` combines into the batch's mean and variance
+    /// `batchnorm.wgsl`'s `normalize_train` combines into the batch's mean and variance
     /// (one pass over x instead of two, no cancellation).
     Moments,
     /// [Σ dy | Σ dy·(x − mean)·invstd], with `stats` = [mean | invstd]
@@ -127,7 +127,7 @@ pub fn column_sums(gpu: &Gpu, x: &Tensor, c: usize) -> Result<Tensor> {
 }
 
 /// The chunks of `column_partials` added up: [c], or [2, c] for two outputs.
-/// (Not for `Sum::Moments`, whose chunks `batchnorm.wgsl` combines.)
+/// (Not for the batch norm's modes, whose chunks `batchnorm.wgsl` adds up.)
 pub fn add_up_chunks(gpu: &Gpu, part: &Tensor, split: Chunks, c: usize) -> Result<Tensor> {
     let outputs = part.len() / (split.chunks * c);
     ensure!(
