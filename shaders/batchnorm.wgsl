@@ -1,12 +1,14 @@
 // Batch normalisation over the rows of an [m, c] matrix (NHWC activations
 // flattened), with Keras semantics: biased batch variance, epsilon, and
 // moving averages `moving = momentum · moving + (1 − momentum) · batch`.
-// Per-chunk moments and sums come from reduce.wgsl's `partial`; the training
-// kernels add its chunks up themselves, each workgroup for its own columns,
-// and apply them to the rows of one chunk (grid (ceil(c / 32), chunks)): no
-// kernel of its own for the statistics, which on a CPU's Vulkan costs a
-// dispatch (≈ 60 µs) whatever it does. The first row of workgroups also writes
-// what later passes need. `stats` is [mean | invstd], invstd = 1/sqrt(var + eps).
+// Training takes two dispatches per direction: `moments` (forward) or
+// `grad_sums` (backward) reduce chunks of rows, then `normalize_train` or
+// `grad_input` add the chunks up, each workgroup for its own columns, and
+// apply them to the rows of one chunk (grid (ceil(c / 32), chunks)). A layer
+// of one chunk (few rows) skips the reduction: its workgroups compute the
+// statistics themselves, as on a CPU's Vulkan a dispatch costs ≈ 60 µs
+// whatever it does. The first row of workgroups also writes what later passes
+// need. `stats` is [mean | invstd], invstd = 1/sqrt(var + eps).
 // Lanes own channels; c counts V's (f32 or vec4<f32>, see `ShaderPair`). With
 // RELU the layer is batch norm followed by ReLU, fused: the forward clamps at
 // zero, and the backward masks dy with the fused output y (binding 9).
@@ -42,10 +44,64 @@ fn chunk_rows(i: u32) -> f32 {
   return f32(min(p.rows_per_chunk, p.m - i * p.rows_per_chunk));
 }
 
-// The chunks' [mean | Σ(x − chunk mean)²] (reduce.wgsl, MOMENTS, in `a`)
-// combined into the batch's [mean, biased variance] as in Chan et al.:
-// M2 = Σ M2_i + n_i (mean_i − mean)², with no cancellation.
+// [mean, Σ (x − mean)²] of column col over rows [start, end) of x (b): two
+// passes, the second finds the rows in cache.
+fn moments_of(col: u32, start: u32, end: u32) -> array<V, 2> {
+  var s = V(0.0);
+  for (var r = start; r < end; r++) { s += b[r * p.c + col]; }
+  let mean = s / f32(max(end, start + 1u) - start);
+  var m2 = V(0.0);
+  for (var r = start; r < end; r++) { let d = b[r * p.c + col] - mean; m2 += d * d; }
+  return array<V, 2>(mean, m2);
+}
+
+// [Σ g, Σ g·xhat] over rows [start, end): g = dy (b), masked where the fused
+// ReLU's output (relu_out) is zero; xhat from x (a) and stats (c3).
+fn grad_sums_of(col: u32, start: u32, end: u32) -> array<V, 2> {
+  let mean = c3[col];
+  let invstd = c3[p.c + col];
+  var s0 = V(0.0);
+  var s1 = V(0.0);
+  for (var r = start; r < end; r++) {
+    let i = r * p.c + col;
+    var g = b[i];
+    if (RELU) { g = select(V(0.0), g, relu_out[i] > V(0.0)); }
+    s0 += g;
+    s1 += g * (a[i] - mean) * invstd;
+  }
+  return array<V, 2>(s0, s1);
+}
+
+// Per chunk of rows: out = [2, chunks, c] of moments_of (x in b).
+@compute @workgroup_size(32)
+fn moments(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+  let col = wg.x * 32u + li;
+  if (col >= p.c) { return; }
+  let start = wg.y * p.rows_per_chunk;
+  let r = moments_of(col, start, min(start + p.rows_per_chunk, p.m));
+  out[wg.y * p.c + col] = r[0];
+  out[(p.chunks + wg.y) * p.c + col] = r[1];
+}
+
+// Per chunk of rows: out = [2, chunks, c] of grad_sums_of (x in a, dy in b).
+@compute @workgroup_size(32)
+fn grad_sums(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+  let col = wg.x * 32u + li;
+  if (col >= p.c) { return; }
+  let start = wg.y * p.rows_per_chunk;
+  let r = grad_sums_of(col, start, min(start + p.rows_per_chunk, p.m));
+  out[wg.y * p.c + col] = r[0];
+  out[(p.chunks + wg.y) * p.c + col] = r[1];
+}
+
+// The batch's [mean, biased variance] of column col: from the moments of x
+// (b) itself with one chunk, else from the chunks' moments in `a`, combined
+// as in Chan et al.: M2 = Σ M2_i + n_i (mean_i − mean)², with no cancellation.
 fn batch_moments(col: u32) -> array<V, 2> {
+  if (p.chunks == 1u) {
+    let r = moments_of(col, 0u, p.m);
+    return array<V, 2>(r[0], r[1] / f32(p.m));
+  }
   var mean = V(0.0);
   for (var i = 0u; i < p.chunks; i++) { mean += a[i * p.c + col] * chunk_rows(i); }
   mean /= f32(p.m);
@@ -58,7 +114,8 @@ fn batch_moments(col: u32) -> array<V, 2> {
 }
 
 // Training forward: y = BN(x) with the batch's statistics (+ e5, then the
-// ReLU, as `normalize`). a = per-chunk moments of x, b = x, c3 = gamma,
+// ReLU, as `normalize`). a = per-chunk moments of x (`moments`; unread with
+// one chunk), b = x, c3 = gamma,
 // d4 = beta → out = y; the first row of workgroups also writes stats_out =
 // [mean | invstd] and updates out2 = moving mean, out3 = moving variance.
 @compute @workgroup_size(32)
@@ -118,7 +175,7 @@ fn normalize(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_ind
 
 // dx = gamma · invstd · (dy − Σdy / m − xhat · Σ(dy·xhat) / m).
 // a = x, b = dy, c3 = stats, d4 = gamma, e5 = per-chunk [Σdy | Σdy·xhat]
-// (reduce.wgsl's `partial`, added up here) → out = dx; the first row of
+// (`grad_sums`, added up here; unread with one chunk) → out = dx; the first row of
 // workgroups also writes the sums to out2 (Σdy at 0, Σdy·xhat at gamma_at:
 // the gradients of beta and gamma). With RELU, dy is first masked where
 // relu_out is zero; with SHORTCUT that masked dy is written to out3 too.
@@ -128,9 +185,15 @@ fn grad_input(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_in
   if (col >= p.c) { return; }
   var sdy = V(0.0);
   var sdyx = V(0.0);
-  for (var i = 0u; i < p.chunks; i++) {
-    sdy += e5[i * p.c + col];
-    sdyx += e5[(p.chunks + i) * p.c + col];
+  if (p.chunks == 1u) {
+    let r = grad_sums_of(col, 0u, p.m);
+    sdy = r[0];
+    sdyx = r[1];
+  } else {
+    for (var i = 0u; i < p.chunks; i++) {
+      sdy += e5[i * p.c + col];
+      sdyx += e5[(p.chunks + i) * p.c + col];
+    }
   }
   if (wg.y == 0u) {
     out2[col] = sdy;

@@ -378,7 +378,8 @@ fn bn_cases() -> Vec<(usize, usize)> {
         (64 * 25, 256),
         (64 * 4, 512),
         (64 * 121, 64),
-        // 64 chunks, the last one shorter.
+        // Past 2048 rows the statistics take a reduction of their own: 64
+        // chunks, the last one shorter.
         (9000, 8),
     ]
 }
@@ -808,7 +809,15 @@ fn work_beyond_the_adapter_limits_is_refused_with_the_limit_named() {
 fn batchnorm_relu_fused_forward_and_backward() {
     let gpu = gpu();
     let mut rng = rng();
-    for (m, c) in [(7, 5), (30, 13), (2 * 24 * 24, 64), (64 * 25, 256)] {
+    // One chunk up to 2048 rows (the statistics inside the row kernels), then several.
+    for (m, c) in [
+        (7, 5),
+        (30, 13),
+        (2 * 24 * 24, 64),
+        (64 * 25, 256),
+        (2500, 12),
+        (9000, 64),
+    ] {
         let bn = BatchNorm::with_relu(c);
         let x: Vec<f32> = random(&mut rng, m * c)
             .iter()

@@ -8,12 +8,17 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::engine::gpu::Kernel;
 use crate::engine::ops::ShaderPair;
-use crate::engine::ops::reduce::{Chunks, Sum, column_partials};
+use crate::engine::ops::reduce::Chunks;
 use crate::engine::ops::shader_pair;
 use crate::engine::{Gpu, Tensor};
 
 const SHADERS: ShaderPair = shader_pair!("batchnorm", "../../../shaders/batchnorm.wgsl");
+/// Rows per workgroup of the inference kernel (`normalize`).
 const ROWS: usize = 32;
+/// Up to this many rows, training's workgroups (one per 32 channels) compute
+/// the statistics themselves instead of a reduction dispatch before them:
+/// fewer dispatches for small layers, whose reductions are short anyway.
+const ONE_CHUNK_ROWS: usize = 2048;
 
 pub const EPSILON: f32 = 1e-3;
 pub const MOMENTUM: f32 = 0.99;
@@ -107,7 +112,7 @@ impl BatchNorm {
     }
 
     fn params(&self, m: usize) -> Params {
-        let split = Chunks::of(m);
+        let split = Self::split(m);
         Params {
             m: m as u32,
             c: self.cv() as u32,
@@ -126,9 +131,45 @@ impl BatchNorm {
         self.c.next_multiple_of(64)
     }
 
-    /// The training kernels' grid: column groups × reduce.wgsl's chunks.
+    /// How training splits m rows into chunks (one below `ONE_CHUNK_ROWS`).
+    fn split(m: usize) -> Chunks {
+        match m <= ONE_CHUNK_ROWS {
+            true => Chunks {
+                rows_per_chunk: m,
+                chunks: 1,
+            },
+            false => Chunks::of(m),
+        }
+    }
+
+    /// The training kernels' grid: column groups × chunks.
     fn chunk_grid(&self, m: usize) -> [u32; 3] {
-        [self.groups(), Chunks::of(m).chunks as u32, 1]
+        [self.groups(), Self::split(m).chunks as u32, 1]
+    }
+
+    /// The per-chunk reduction `entry` ([2, chunks, c]) over the bindings,
+    /// or None for a single chunk, which the next kernel reduces itself.
+    fn chunk_sums(
+        &self,
+        gpu: &Gpu,
+        entry: &str,
+        m: usize,
+        bindings: &[(u32, &Tensor)],
+    ) -> Result<Option<Tensor>> {
+        let split = Self::split(m);
+        if split.chunks == 1 {
+            return Ok(None);
+        }
+        let part = gpu.empty(&[2, split.chunks, self.c])?;
+        let mut bindings = bindings.to_vec();
+        bindings.push((6, &part));
+        gpu.dispatch_xyz(
+            &self.kernel(gpu, entry),
+            bytemuck::bytes_of(&self.params(m)),
+            &bindings,
+            self.chunk_grid(m),
+        )?;
+        Ok(Some(part))
     }
 
     fn rows(&self, x: &Tensor) -> Result<usize> {
@@ -161,7 +202,7 @@ impl BatchNorm {
         self.train(gpu, x, p, Some(residual))
     }
 
-    /// Two dispatches: the chunks' moments (reduce.wgsl), then
+    /// Two dispatches (one for few rows): the chunks' moments, then
     /// `normalize_train`, which combines them, writes the stats, updates the
     /// moving averages and normalises.
     fn train(
@@ -173,15 +214,14 @@ impl BatchNorm {
     ) -> Result<(Tensor, Tensor)> {
         let m = self.rows(x)?;
         self.check_residual(x, residual)?;
-        let (moments, split) = column_partials(gpu, Sum::Moments, x, None, None, None, self.c)?;
-        debug_assert_eq!(split, Chunks::of(m));
+        let moments = self.chunk_sums(gpu, "moments", m, &[(2, x)])?;
         let stats = gpu.empty(&[2, self.c])?;
         let y = gpu.empty(x.shape())?;
         gpu.dispatch_xyz(
             &self.kernel_with(gpu, "normalize_train", residual.is_some()),
             bytemuck::bytes_of(&self.params(m)),
             &[
-                (1, &moments),
+                (1, moments.as_ref().unwrap_or(x)),
                 (2, x),
                 (3, p.gamma),
                 (4, p.beta),
@@ -300,9 +340,9 @@ impl BatchNorm {
         self.grads(gpu, [x, y, dy, stats, gamma], true)
     }
 
-    /// Two dispatches: the chunks' sums (reduce.wgsl), then `grad_input`,
-    /// which adds them up, writes dbeta and dgamma, computes dx and, with
-    /// `shortcut`, writes the masked dy.
+    /// Two dispatches (one for few rows): the chunks' sums, then
+    /// `grad_input`, which adds them up, writes dbeta and dgamma, computes dx
+    /// and, with `shortcut`, writes the masked dy.
     fn grads(&self, gpu: &Gpu, tensors: [&Tensor; 5], shortcut: bool) -> Result<BnGrads> {
         let [x, y, dy, stats, gamma] = tensors;
         ensure!(
@@ -311,12 +351,7 @@ impl BatchNorm {
         );
         let m = self.rows(x)?;
         let c = self.c;
-        let (mode, relu_out) = if self.relu {
-            (Sum::BatchNormReluBackward, Some(y))
-        } else {
-            (Sum::BatchNormBackward, None)
-        };
-        let (part, _) = column_partials(gpu, mode, x, Some(dy), Some(stats), relu_out, c)?;
+        let part = self.chunk_sums(gpu, "grad_sums", m, &[(1, x), (2, dy), (3, stats), (9, y)])?;
         let sums = gpu.empty(&[self.gamma_at() + c])?;
         let dx = gpu.empty(x.shape())?;
         let dshortcut = if shortcut {
@@ -333,7 +368,7 @@ impl BatchNorm {
                 (2, dy),
                 (3, stats),
                 (4, gamma),
-                (5, &part),
+                (5, part.as_ref().unwrap_or(x)),
                 (6, &dx),
                 (7, &sums),
                 (8, dshortcut.as_ref().unwrap_or(&sink)),
