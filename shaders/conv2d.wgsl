@@ -5,9 +5,11 @@
 // the convolution is cols · W. col2im is its adjoint: each input pixel sums
 // the columns that read it (a gather, so no atomics are needed).
 //
-// Grids are (ceil(width·channels / 64), rows, images): the workgroup id
-// supplies the row and image, so lanes only split a short run of one image
-// row, and `divmod` stays exact and cheap. Channel counts (cin, k, ld) count
+// Grids are (ceil(width·channels / 64), rows, ceil(images / 8)): the
+// workgroup id supplies the row and the first image, so lanes only split a
+// short run of one image row, and `divmod` stays exact and cheap; each
+// workgroup loops over every 8th image from its own (a workgroup costs about
+// a microsecond on a CPU's Vulkan, and one per row and image made thousands). Channel counts (cin, k, ld) count
 // V's (f32, or vec4<f32> when cin % 4 == 0; see `ShaderPair`).
 
 struct Params {
@@ -24,28 +26,31 @@ struct Params {
 // One workgroup: a run of 64 (ox, k) pairs of output row (n, oy). Columns
 // from k to ld are zero, so the product may read rows in whole vec4s.
 @compute @workgroup_size(64)
-fn im2col(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+fn im2col(
+  @builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32,
+  @builtin(num_workgroups) nwg: vec3<u32>) {
   let t = wg.x * 64u + li;
   if (t >= p.ow * p.ld) { return; }
   let oy = wg.y;
-  let n = wg.z;
-  let ox_k = divmod(t, p.ld);
-  let ox = ox_k.x;
-  let row = ((n * p.oh + oy) * p.ow) * p.ld;
-  if (ox_k.y >= p.k) {
-    dst[row + t] = V(0.0);
-    return;
+  for (var n = wg.z; n < p.n; n += nwg.z) {
+    let ox_k = divmod(t, p.ld);
+    let ox = ox_k.x;
+    let row = ((n * p.oh + oy) * p.ow) * p.ld;
+    if (ox_k.y >= p.k) {
+      dst[row + t] = V(0.0);
+      return;
+    }
+    let tap_ci = divmod(ox_k.y, p.cin);
+    let ky_kx = divmod(tap_ci.x, p.kw);
+    // Signed: the padding makes the first taps fall before the image.
+    let iy = i32(oy * p.stride + ky_kx.x) - i32(p.pad_top);
+    let ix = i32(ox * p.stride + ky_kx.y) - i32(p.pad_left);
+    var v = V(0.0);
+    if (iy >= 0 && iy < i32(p.h) && ix >= 0 && ix < i32(p.w)) {
+      v = src[((n * p.h + u32(iy)) * p.w + u32(ix)) * p.cin + tap_ci.y];
+    }
+    dst[row + t] = v;
   }
-  let tap_ci = divmod(ox_k.y, p.cin);
-  let ky_kx = divmod(tap_ci.x, p.kw);
-  // Signed: the padding makes the first taps fall before the image.
-  let iy = i32(oy * p.stride + ky_kx.x) - i32(p.pad_top);
-  let ix = i32(ox * p.stride + ky_kx.y) - i32(p.pad_left);
-  var v = V(0.0);
-  if (iy >= 0 && iy < i32(p.h) && ix >= 0 && ix < i32(p.w)) {
-    v = src[((n * p.h + u32(iy)) * p.w + u32(ix)) * p.cin + tap_ci.y];
-  }
-  dst[row + t] = v;
 }
 
 // im2col for inputs whose channels do not come in vec4s (the first layer's
@@ -76,30 +81,33 @@ fn next_tap(t: vec3<u32>) -> vec3<u32> {
 }
 
 @compute @workgroup_size(64)
-fn im2col_x4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+fn im2col_x4(
+  @builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32,
+  @builtin(num_workgroups) nwg: vec3<u32>) {
   let ld4 = p.ld / 4u;  // p.ld counts floats here (a multiple of 4)
   let t = wg.x * 64u + li;
   if (t >= p.ow * ld4) { return; }
   let oy = wg.y;
-  let n = wg.z;
-  let ox_j = divmod(t, ld4);
-  let ox = ox_j.x;
-  let k0 = ox_j.y * 4u;
-  let tap_ci = divmod(k0, p.cin);
-  let ky_kx = divmod(tap_ci.x, p.kw);
-  // Four taps unrolled with fixed components: a vec4 indexed by a loop
-  // counter would live in memory.
-  let t0 = vec3<u32>(ky_kx.x, ky_kx.y, tap_ci.y);
-  let t1 = next_tap(t0);
-  let t2 = next_tap(t1);
-  let t3 = next_tap(t2);
-  let v = vec4<f32>(
-    tap_x4(n, oy, ox, k0, t0),
-    tap_x4(n, oy, ox, k0 + 1u, t1),
-    tap_x4(n, oy, ox, k0 + 2u, t2),
-    tap_x4(n, oy, ox, k0 + 3u, t3),
-  );
-  cols4[((n * p.oh + oy) * p.ow + ox) * ld4 + ox_j.y] = v;
+  for (var n = wg.z; n < p.n; n += nwg.z) {
+    let ox_j = divmod(t, ld4);
+    let ox = ox_j.x;
+    let k0 = ox_j.y * 4u;
+    let tap_ci = divmod(k0, p.cin);
+    let ky_kx = divmod(tap_ci.x, p.kw);
+    // Four taps unrolled with fixed components: a vec4 indexed by a loop
+    // counter would live in memory.
+    let t0 = vec3<u32>(ky_kx.x, ky_kx.y, tap_ci.y);
+    let t1 = next_tap(t0);
+    let t2 = next_tap(t1);
+    let t3 = next_tap(t2);
+    let v = vec4<f32>(
+      tap_x4(n, oy, ox, k0, t0),
+      tap_x4(n, oy, ox, k0 + 1u, t1),
+      tap_x4(n, oy, ox, k0 + 2u, t2),
+      tap_x4(n, oy, ox, k0 + 3u, t3),
+    );
+    cols4[((n * p.oh + oy) * p.ow + ox) * ld4 + ox_j.y] = v;
+  }
 }
 
 // The gray input (cin = 1) as vec4s of four horizontal neighbours over the
@@ -109,19 +117,22 @@ fn im2col_x4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_ind
 // through an im2col matrix 52 floats wide per pixel. Here oh, ow are x4's
 // (padded) height and width; grid (ceil(ow / 64), oh, n).
 @compute @workgroup_size(64)
-fn taps_x4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+fn taps_x4(
+  @builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32,
+  @builtin(num_workgroups) nwg: vec3<u32>) {
   let x = wg.x * 64u + li;
   if (x >= p.ow) { return; }
   let y = wg.y;
-  let n = wg.z;
-  let t = vec3<u32>(y, x, 0u);
-  let v = vec4<f32>(
-    tap_x4(n, 0u, 0u, 0u, t),
-    tap_x4(n, 0u, 0u, 0u, t + vec3<u32>(0u, 1u, 0u)),
-    tap_x4(n, 0u, 0u, 0u, t + vec3<u32>(0u, 2u, 0u)),
-    tap_x4(n, 0u, 0u, 0u, t + vec3<u32>(0u, 3u, 0u)),
-  );
-  cols4[(n * p.oh + y) * p.ow + x] = v;
+  for (var n = wg.z; n < p.n; n += nwg.z) {
+    let t = vec3<u32>(y, x, 0u);
+    let v = vec4<f32>(
+      tap_x4(n, 0u, 0u, 0u, t),
+      tap_x4(n, 0u, 0u, 0u, t + vec3<u32>(0u, 1u, 0u)),
+      tap_x4(n, 0u, 0u, 0u, t + vec3<u32>(0u, 2u, 0u)),
+      tap_x4(n, 0u, 0u, 0u, t + vec3<u32>(0u, 3u, 0u)),
+    );
+    cols4[(n * p.oh + y) * p.ow + x] = v;
+  }
 }
 
 // A gray kernel's rows padded with zero columns to a multiple of 4:
@@ -141,58 +152,70 @@ fn pad_taps(@builtin(global_invocation_id) gid: vec3<u32>) {
 
 // One workgroup: a run of 64 (ix, ci) pairs of input row (n, iy).
 @compute @workgroup_size(64)
-fn col2im(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+fn col2im(
+  @builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32,
+  @builtin(num_workgroups) nwg: vec3<u32>) {
   let t = wg.x * 64u + li;
   if (t >= p.w * p.cin) { return; }
   let iy = wg.y;
-  let n = wg.z;
-  let ix_ci = divmod(t, p.cin);
-  var s = V(0.0);
-  for (var ky = 0u; ky < p.kh; ky++) {
-    // Output row oy reads input row iy through tap ky when oy·stride + ky - pad = iy.
-    let y = i32(iy + p.pad_top) - i32(ky);
-    if (y < 0) { break; }
-    let qy = divmod(u32(y), p.stride);
-    if (qy.y != 0u || qy.x >= p.oh) { continue; }
-    for (var kx = 0u; kx < p.kw; kx++) {
-      let x = i32(ix_ci.x + p.pad_left) - i32(kx);
-      if (x < 0) { break; }
-      let qx = divmod(u32(x), p.stride);
-      if (qx.y != 0u || qx.x >= p.ow) { continue; }
-      let m = (n * p.oh + qy.x) * p.ow + qx.x;
-      s += src[m * p.k + (ky * p.kw + kx) * p.cin + ix_ci.y];
+  for (var n = wg.z; n < p.n; n += nwg.z) {
+    let ix_ci = divmod(t, p.cin);
+    var s = V(0.0);
+    for (var ky = 0u; ky < p.kh; ky++) {
+      // Output row oy reads input row iy through tap ky when oy·stride + ky - pad = iy.
+      let y = i32(iy + p.pad_top) - i32(ky);
+      if (y < 0) { break; }
+      let qy = divmod(u32(y), p.stride);
+      if (qy.y != 0u || qy.x >= p.oh) { continue; }
+      for (var kx = 0u; kx < p.kw; kx++) {
+        let x = i32(ix_ci.x + p.pad_left) - i32(kx);
+        if (x < 0) { break; }
+        let qx = divmod(u32(x), p.stride);
+        if (qx.y != 0u || qx.x >= p.ow) { continue; }
+        let m = (n * p.oh + qy.x) * p.ow + qx.x;
+        s += src[m * p.k + (ky * p.kw + kx) * p.cin + ix_ci.y];
+      }
     }
+    dst[((n * p.h + iy) * p.w) * p.cin + t] = s;
   }
-  dst[((n * p.h + iy) * p.w) * p.cin + t] = s;
 }
 
 // transpose in 4 × 4 blocks (h % 4 == 0, w % 4 == 0): one invocation loads four vec4s of src (rows 4bi ..
-// 4bi + 3) and stores four vec4s of dst, 8 lane loads and stores per 16 values instead of 32; grid
-// (ceil(w / 4 / 64), h / 4). Explicitly vec4 (src4, cols4), so it compiles in both builds.
+// 4bi + 3) and stores four vec4s of dst, 8 lane loads and stores per 16 values instead of 32. The
+// blocks are numbered row by row and dealt out to every lane of a few workgroups in turn (grid
+// (min(ceil(blocks / 64), 16))): a weight matrix is small, and a workgroup per block row (with as
+// many idle lanes as a narrow matrix leaves) made the kernel cost ~10× its data on a CPU's Vulkan.
+// Explicitly vec4 (src4, cols4), so it compiles in both builds.
 @group(0) @binding(5) var<storage, read> src4: array<vec4<f32>>;
 
 @compute @workgroup_size(64)
-fn transpose4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+fn transpose4(
+  @builtin(global_invocation_id) gid: vec3<u32>,
+  @builtin(num_workgroups) nwg: vec3<u32>,
+) {
   let w4 = p.w / 4u;
   let h4 = p.h / 4u;
-  let bj = wg.x * 64u + li;
-  let bi = wg.y;
-  if (bj >= w4) { return; }
-  let r0 = src4[(4u * bi) * w4 + bj];
-  let r1 = src4[(4u * bi + 1u) * w4 + bj];
-  let r2 = src4[(4u * bi + 2u) * w4 + bj];
-  let r3 = src4[(4u * bi + 3u) * w4 + bj];
-  cols4[(4u * bj) * h4 + bi] = vec4<f32>(r0.x, r1.x, r2.x, r3.x);
-  cols4[(4u * bj + 1u) * h4 + bi] = vec4<f32>(r0.y, r1.y, r2.y, r3.y);
-  cols4[(4u * bj + 2u) * h4 + bi] = vec4<f32>(r0.z, r1.z, r2.z, r3.z);
-  cols4[(4u * bj + 3u) * h4 + bi] = vec4<f32>(r0.w, r1.w, r2.w, r3.w);
+  for (var b = gid.x; b < w4 * h4; b += nwg.x * 64u) {
+    let bi = b / w4;
+    let bj = b % w4;
+    let r0 = src4[(4u * bi) * w4 + bj];
+    let r1 = src4[(4u * bi + 1u) * w4 + bj];
+    let r2 = src4[(4u * bi + 2u) * w4 + bj];
+    let r3 = src4[(4u * bi + 3u) * w4 + bj];
+    cols4[(4u * bj) * h4 + bi] = vec4<f32>(r0.x, r1.x, r2.x, r3.x);
+    cols4[(4u * bj + 1u) * h4 + bi] = vec4<f32>(r0.y, r1.y, r2.y, r3.y);
+    cols4[(4u * bj + 2u) * h4 + bi] = vec4<f32>(r0.z, r1.z, r2.z, r3.z);
+    cols4[(4u * bj + 3u) * h4 + bi] = vec4<f32>(r0.w, r1.w, r2.w, r3.w);
+  }
 }
 
-// dst[j, i] = src[i, j] for src of shape [rows = h, cols = w]; grid (ceil(w / 64), h).
+// dst[j, i] = src[i, j] for src of shape [rows = h, cols = w]: the values dealt out as in transpose4
+// (grid (min(ceil(h · w / 64), 16))).
 @compute @workgroup_size(64)
-fn transpose(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-  let j = wg.x * 64u + li;
-  let i = wg.y;
-  if (j >= p.w) { return; }
-  dst[j * p.h + i] = src[i * p.w + j];
+fn transpose(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+  for (var o = gid.x; o < p.h * p.w; o += nwg.x * 64u) {
+    let i = o / p.w;
+    let j = o % p.w;
+    dst[j * p.h + i] = src[o];
+  }
 }

@@ -31,6 +31,10 @@ fn conv_cases() -> Vec<([usize; 4], usize, usize, usize, Padding)> {
         // the kernel.
         ([2, 6, 5, 4], 3, 2, 1, Padding::Same),
         ([1, 4, 5, 3], 4, 3, 1, Padding::Zeros(3)),
+        // More images than a workgroup's 8 (im2col, col2im loop over them).
+        ([9, 5, 5, 8], 4, 3, 1, Padding::Same),
+        ([10, 6, 5, 3], 5, 3, 2, Padding::Valid),
+        ([9, 7, 6, 1], 4, 5, 2, Padding::Valid),
         // One input channel with vec4s out (the implicit kernel's gray path),
         // kernels 3, 5 and 9 wide (one, two and three vec4s of columns).
         ([1, 9, 10, 1], 8, 3, 1, Padding::Same),
@@ -293,6 +297,9 @@ fn pool_cases() -> Vec<([usize; 4], usize, usize)> {
         ([2, 5, 5, 128], 2, 2),
         ([2, 5, 5, 512], 2, 2),
         ([2, 2, 2, 512], 2, 2),
+        // More images than a workgroup's 8 (each loops over every 8th).
+        ([9, 5, 5, 3], 2, 2),
+        ([17, 11, 11, 8], 3, 2),
     ]
 }
 
@@ -1191,6 +1198,9 @@ fn transpose_in_blocks_and_by_value() {
         (5, 7),
         (49, 64),
         (12, 3),
+        // More blocks (values) than 16 workgroups' lanes: each lane loops.
+        (2304, 516),
+        (1031, 7),
     ] {
         let x = random(&mut rng, rows * cols);
         let y = conv2d::transpose(&gpu, &upload(&gpu, &[rows, cols], &x), rows, cols).unwrap();

@@ -328,6 +328,11 @@ impl Conv2d {
         }
     }
 
+    /// The grids' third dimension: groups of 8 images (see `shaders/conv2d.wgsl`).
+    fn image_groups(&self) -> u32 {
+        self.n.div_ceil(8) as u32
+    }
+
     fn params(&self) -> Params {
         Params {
             n: self.n as u32,
@@ -365,7 +370,7 @@ impl Conv2d {
         let grid = [
             (self.ow * self.ld() / 4).div_ceil(64) as u32,
             self.oh as u32,
-            self.n as u32,
+            self.image_groups(),
         ];
         gpu.dispatch_xyz(&kernel, bytemuck::bytes_of(&self.params()), &bindings, grid)?;
         Ok(cols)
@@ -533,7 +538,7 @@ impl Conv2d {
             &gpu.kernel(&SHADERS.scalar, "taps_x4", &[]),
             bytemuck::bytes_of(&params),
             &[(3, x), (4, &x4)],
-            [wp.div_ceil(64) as u32, hp as u32, self.n as u32],
+            [wp.div_ceil(64) as u32, hp as u32, self.image_groups()],
         )?;
         let w4 = gpu.empty(&[self.kh, cols, 4, self.cout])?;
         let params = Params {
@@ -628,7 +633,7 @@ impl Conv2d {
         let grid = [
             (self.w * self.cin / self.width()).div_ceil(64) as u32,
             self.h as u32,
-            self.n as u32,
+            self.image_groups(),
         ];
         gpu.dispatch_xyz(
             &col2im,
@@ -766,7 +771,7 @@ pub fn transpose(gpu: &Gpu, x: &Tensor, rows: usize, cols: usize) -> Result<Tens
             &k,
             bytemuck::bytes_of(&params),
             &[(5, x), (4, &out)],
-            [(cols / 4).div_ceil(64) as u32, (rows / 4) as u32, 1],
+            [(rows * cols / 16).div_ceil(64).min(16) as u32, 1, 1],
         )?;
         return Ok(out);
     }
@@ -775,7 +780,7 @@ pub fn transpose(gpu: &Gpu, x: &Tensor, rows: usize, cols: usize) -> Result<Tens
         &k,
         bytemuck::bytes_of(&params),
         &[(1, x), (2, &out)],
-        [cols.div_ceil(64) as u32, rows as u32, 1],
+        [(rows * cols).div_ceil(64).min(16) as u32, 1, 1],
     )?;
     Ok(out)
 }

@@ -93,11 +93,12 @@ impl Pool2d {
 
     /// Grid for one invocation per (column, channel V) of `cols` columns,
     /// one workgroup row per image row of `rows`.
+    /// (columns, rows, groups of 8 images): see `shaders/pool.wgsl`.
     fn grid(&self, cols: usize, rows: usize) -> [u32; 3] {
         [
             (cols * self.cv()).div_ceil(64) as u32,
             rows as u32,
-            self.n as u32,
+            self.n.div_ceil(8) as u32,
         ]
     }
 
