@@ -138,6 +138,9 @@ fn taps_x4(
 // A gray kernel's rows padded with zero columns to a multiple of 4:
 // w4[ky, kx, co] = w[ky, kx, co] for kx < kw, else 0 (cin = 1, co in vec4s
 // of src4 and cols4). Here k = the padded row length, ld = cout / 4.
+// Explicitly vec4 (src4, cols4), so it compiles in both builds.
+@group(0) @binding(5) var<storage, read> src4: array<vec4<f32>>;
+
 @compute @workgroup_size(64)
 fn pad_taps(@builtin(global_invocation_id) gid: vec3<u32>) {
   let t = gid.x;
@@ -177,45 +180,5 @@ fn col2im(
       }
     }
     dst[((n * p.h + iy) * p.w) * p.cin + t] = s;
-  }
-}
-
-// transpose in 4 × 4 blocks (h % 4 == 0, w % 4 == 0): one invocation loads four vec4s of src (rows 4bi ..
-// 4bi + 3) and stores four vec4s of dst, 8 lane loads and stores per 16 values instead of 32. The
-// blocks are numbered row by row and dealt out to every lane of a few workgroups in turn (grid
-// (min(ceil(blocks / 64), 16))): a weight matrix is small, and a workgroup per block row (with as
-// many idle lanes as a narrow matrix leaves) made the kernel cost ~10× its data on a CPU's Vulkan.
-// Explicitly vec4 (src4, cols4), so it compiles in both builds.
-@group(0) @binding(5) var<storage, read> src4: array<vec4<f32>>;
-
-@compute @workgroup_size(64)
-fn transpose4(
-  @builtin(global_invocation_id) gid: vec3<u32>,
-  @builtin(num_workgroups) nwg: vec3<u32>,
-) {
-  let w4 = p.w / 4u;
-  let h4 = p.h / 4u;
-  for (var b = gid.x; b < w4 * h4; b += nwg.x * 64u) {
-    let bi = b / w4;
-    let bj = b % w4;
-    let r0 = src4[(4u * bi) * w4 + bj];
-    let r1 = src4[(4u * bi + 1u) * w4 + bj];
-    let r2 = src4[(4u * bi + 2u) * w4 + bj];
-    let r3 = src4[(4u * bi + 3u) * w4 + bj];
-    cols4[(4u * bj) * h4 + bi] = vec4<f32>(r0.x, r1.x, r2.x, r3.x);
-    cols4[(4u * bj + 1u) * h4 + bi] = vec4<f32>(r0.y, r1.y, r2.y, r3.y);
-    cols4[(4u * bj + 2u) * h4 + bi] = vec4<f32>(r0.z, r1.z, r2.z, r3.z);
-    cols4[(4u * bj + 3u) * h4 + bi] = vec4<f32>(r0.w, r1.w, r2.w, r3.w);
-  }
-}
-
-// dst[j, i] = src[i, j] for src of shape [rows = h, cols = w]: the values dealt out as in transpose4
-// (grid (min(ceil(h · w / 64), 16))).
-@compute @workgroup_size(64)
-fn transpose(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-  for (var o = gid.x; o < p.h * p.w; o += nwg.x * 64u) {
-    let i = o / p.w;
-    let j = o % p.w;
-    dst[j * p.h + i] = src[o];
   }
 }

@@ -14,6 +14,7 @@ use wgfer::engine::ops::gemm_sg::{self, SubgroupTile};
 use wgfer::engine::ops::pool::Pool2d;
 use wgfer::engine::ops::{
     adam, batchnorm, bn_fold, conv2d, dense, elementwise, gemm, pool, reduce, softmax_xent,
+    transpose,
 };
 use wgfer::engine::{Gpu, Kernels, Shader};
 
@@ -1184,8 +1185,8 @@ fn conv2d_inference_with_and_without_im2col() {
     }
 }
 
-/// `conv2d::transpose` (the kernels' transposes for grad_input): the 4 × 4
-/// block kernel where both sizes are multiples of 4, the scalar one elsewhere.
+/// `transpose::transpose` (the kernels' transposes for grad_input): the 4 × 4
+/// block kernel where both sizes are multiples of 4, the value kernel elsewhere.
 #[test]
 fn transpose_in_blocks_and_by_value() {
     let gpu = gpu();
@@ -1203,12 +1204,55 @@ fn transpose_in_blocks_and_by_value() {
         (1031, 7),
     ] {
         let x = random(&mut rng, rows * cols);
-        let y = conv2d::transpose(&gpu, &upload(&gpu, &[rows, cols], &x), rows, cols).unwrap();
+        let y = transpose::transpose(&gpu, &upload(&gpu, &[rows, cols], &x), rows, cols).unwrap();
         assert_eq!(y.shape(), [cols, rows]);
-        let want: Vec<f64> = (0..cols * rows)
-            .map(|o| x[(o % rows) * cols + o / rows] as f64)
-            .collect();
+        let want = transpose::cpu_transpose(&f64s(&x), rows, cols);
         check(&format!("transpose {rows}x{cols}"), &read(&gpu, &y), &want);
+    }
+}
+
+/// `transpose_many`: matrices that are views of one buffer (as a model's
+/// weights are) in one dispatch, blocks and values mixed, a second buffer
+/// apart, more than the kernel's 64 per dispatch, results against the
+/// reference (and views that can be bound: the next product reads them).
+#[test]
+fn transpose_many_views_of_one_buffer() {
+    let gpu = gpu();
+    let mut rng = rng();
+    let shapes: [(usize, usize); 6] = [(576, 64), (4, 8), (5, 7), (64, 256), (12, 3), (1152, 128)];
+    // Each matrix at a 64-float boundary of one flat buffer, as `ParamSet` lays them out.
+    let mut at = vec![];
+    let mut len: usize = 0;
+    for (r, c) in shapes {
+        at.push(len);
+        len += (r * c).next_multiple_of(64);
+    }
+    let flat = random(&mut rng, len);
+    let flat_t = upload(&gpu, &[len], &flat);
+    let other = random(&mut rng, 16 * 12);
+    let other_t = upload(&gpu, &[16, 12], &other);
+    let mut matrices: Vec<(wgfer::engine::Tensor, usize, usize, Vec<f32>)> = shapes
+        .iter()
+        .zip(&at)
+        .map(|(&(r, c), &a)| (flat_t.view(a, &[r, c]), r, c, flat[a..a + r * c].to_vec()))
+        .collect();
+    matrices.push((other_t.clone(), 16, 12, other.clone()));
+    // 70 small ones: past one dispatch's table.
+    for i in 0..70 {
+        let (r, c) = (4 + 4 * (i % 3), 8);
+        let x = random(&mut rng, r * c);
+        matrices.push((upload(&gpu, &[r, c], &x), r, c, x));
+    }
+    let args: Vec<_> = matrices.iter().map(|(t, r, c, _)| (t, *r, *c)).collect();
+    let before = gpu.dispatches_of("transpose");
+    let out = transpose::transpose_many(&gpu, &args).unwrap();
+    assert_eq!(out.len(), matrices.len());
+    // The flat buffer's blocks and values, the other buffer, the 70 alone.
+    assert_eq!(gpu.dispatches_of("transpose") - before, 2 + 1 + 70);
+    for ((_, r, c, x), y) in matrices.iter().zip(&out) {
+        assert_eq!(y.shape(), [*c, *r]);
+        let want = transpose::cpu_transpose(&f64s(x), *r, *c);
+        check(&format!("transpose_many {r}x{c}"), &read(&gpu, y), &want);
     }
 }
 

@@ -664,10 +664,18 @@ fn steady_state_training_steps_allocate_nothing() {
         step(&mut trainer);
     }
     let before = gpu.stats();
+    let transposes = gpu.dispatches_of("transpose");
     for _ in 0..2 {
         step(&mut trainer);
     }
     let after = gpu.stats();
+    // Per step: every convolution's weights (views of one flat vector) in one
+    // dispatch, the dense layer's (5 columns, by value) in another.
+    assert_eq!(
+        gpu.dispatches_of("transpose") - transposes,
+        2 * 2,
+        "the weight transposes of a step should take two dispatches"
+    );
     eprintln!("before {before:?}\nafter  {after:?}");
     assert_eq!(
         after.buffers_created, before.buffers_created,

@@ -29,12 +29,16 @@ pub fn conv2d(
 /// on the tape.
 pub fn conv2d_as(tape: &Tape, conv: Conv2d, x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
     let (y, cols) = conv.forward(tape.gpu(), x, w, b)?;
+    // dx needs Wᵀ: asked for now, made with the other layers' in one dispatch.
+    let wt = tape
+        .is_tracked(x)
+        .then(|| tape.transpose_later(w, conv.k(), conv.cout));
     let w2 = w.clone();
     tape.record(&[x, w, b], &y, move |gpu, dy, needs| {
-        let dx = if needs[0] {
-            Some(conv.grad_input(gpu, dy, &w2)?)
-        } else {
-            None
+        let dx = match (needs[0], &wt) {
+            (false, _) => None,
+            (true, Some(wt)) => Some(conv.grad_input_transposed(gpu, dy, &wt.get(gpu)?)?),
+            (true, None) => Some(conv.grad_input(gpu, dy, &w2)?),
         };
         let (dw, db) = match (needs[1], needs[2]) {
             (true, true) => {

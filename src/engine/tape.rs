@@ -6,14 +6,19 @@
 //! reverse, calls each closure, and sums gradients that reach the same tensor
 //! twice (a residual shortcut feeds two paths). Only tensors that lead to a
 //! watched parameter take part, so inputs such as the image cost nothing.
+//! Transposes that backward closures will need (a convolution's weights) can
+//! be asked for in the forward pass (`transpose_later`): they are then made
+//! together, in one dispatch, when the first is read.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
+use std::rc::Rc;
 use std::sync::Arc;
 
 use anyhow::Result;
 
 use crate::engine::ops::elementwise;
+use crate::engine::ops::transpose::{transpose, transpose_many};
 use crate::engine::{Gpu, Tensor};
 
 /// Gradients of the inputs that need one, in input order.
@@ -32,6 +37,41 @@ pub struct Tape {
     nodes: RefCell<Vec<Node>>,
     /// Tensors whose gradient is wanted or leads to one that is.
     tracked: RefCell<HashSet<u64>>,
+    transposes: Rc<LaterTransposes>,
+}
+
+/// The matrices `transpose_later` was asked for, and once the first was
+/// read, all of them transposed.
+#[derive(Default)]
+struct LaterTransposes {
+    wanted: RefCell<Vec<(Tensor, usize, usize)>>,
+    made: RefCell<Vec<Tensor>>,
+}
+
+/// A transpose asked for in the forward pass; `get` (in a backward closure)
+/// returns it, making every one still wanted in one go.
+pub struct Transposed {
+    batch: Rc<LaterTransposes>,
+    index: usize,
+}
+
+impl Transposed {
+    pub fn get(&self, gpu: &Gpu) -> Result<Tensor> {
+        let mut made = self.batch.made.borrow_mut();
+        if made.is_empty() {
+            let wanted = self.batch.wanted.borrow();
+            let matrices: Vec<_> = wanted.iter().map(|(t, r, c)| (t, *r, *c)).collect();
+            *made = transpose_many(gpu, &matrices)?;
+        }
+        match made.get(self.index) {
+            Some(t) => Ok(t.clone()),
+            // Asked for after the others were made: on its own.
+            None => {
+                let (t, rows, cols) = &self.batch.wanted.borrow()[self.index];
+                transpose(gpu, t, *rows, *cols)
+            }
+        }
+    }
 }
 
 /// Gradients by tensor id, of the watched tensors.
@@ -49,6 +89,19 @@ impl Tape {
             gpu: gpu.clone(),
             nodes: RefCell::default(),
             tracked: RefCell::default(),
+            transposes: Rc::default(),
+        }
+    }
+
+    /// `t` ([rows, cols]) transposed, made when a backward closure first
+    /// reads it, together with every other one asked for (one dispatch
+    /// instead of one each). `t` must not change before then.
+    pub fn transpose_later(&self, t: &Tensor, rows: usize, cols: usize) -> Transposed {
+        let mut wanted = self.transposes.wanted.borrow_mut();
+        wanted.push((t.clone(), rows, cols));
+        Transposed {
+            batch: self.transposes.clone(),
+            index: wanted.len() - 1,
         }
     }
 

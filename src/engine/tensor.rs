@@ -141,6 +141,17 @@ impl Tensor {
         self.storage.bytes
     }
 
+    /// The whole buffer this tensor lives in as one flat tensor, for a
+    /// kernel that reaches several views of it through one binding.
+    pub(crate) fn whole_buffer(&self) -> Tensor {
+        Tensor {
+            storage: self.storage.clone(),
+            offset: 0,
+            shape: vec![(self.storage.bytes / 4) as usize],
+            id: fresh_id(),
+        }
+    }
+
     pub(crate) fn byte_offset(&self) -> u64 {
         self.offset as u64 * 4
     }

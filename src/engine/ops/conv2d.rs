@@ -18,6 +18,7 @@ use crate::engine::ops::gemm_sg::{self, SubgroupTile};
 use crate::engine::ops::pool::Pool2d;
 use crate::engine::ops::reduce::column_sums;
 use crate::engine::ops::shader_pair;
+use crate::engine::ops::transpose::transpose;
 use crate::engine::{Gpu, Shader, Tensor};
 
 const SHADERS: ShaderPair = shader_pair!(
@@ -608,9 +609,19 @@ impl Conv2d {
 
     /// dx from dy: dcols = dy · Wᵀ, then col2im.
     pub fn grad_input(&self, gpu: &Gpu, dy: &Tensor, w: &Tensor) -> Result<Tensor> {
-        let (k, cout) = (self.k(), self.cout);
         // Wᵀ [cout, k] so that the product reads it row by row.
-        let wt = transpose(gpu, w, k, cout)?;
+        let wt = transpose(gpu, w, self.k(), self.cout)?;
+        self.grad_input_transposed(gpu, dy, &wt)
+    }
+
+    /// `grad_input` given Wᵀ ([cout, k], e.g. from `Tape::transpose_later`).
+    pub fn grad_input_transposed(&self, gpu: &Gpu, dy: &Tensor, wt: &Tensor) -> Result<Tensor> {
+        let (k, cout) = (self.k(), self.cout);
+        ensure!(
+            wt.shape() == [cout, k],
+            "conv2d: transposed kernel {:?}, expected [{cout}, {k}]",
+            wt.shape()
+        );
         let g = Gemm::new(self.m(), k, cout, Strides::rows(cout));
         if self.is_cropped_pointwise() && g.on_subgroups(gpu) {
             // dcols is dx's top-left pixels: stored there, the rest zeros.
@@ -620,11 +631,11 @@ impl Conv2d {
                 rows_into: Some(RowsInto { oh, ow, h, w }),
                 ..g
             };
-            into.run(gpu, dy, &wt, None, &dx)?;
+            into.run(gpu, dy, wt, None, &dx)?;
             return Ok(dx);
         }
         let dcols = gpu.empty(&[self.m(), k])?;
-        g.run(gpu, dy, &wt, None, &dcols)?;
+        g.run(gpu, dy, wt, None, &dcols)?;
         if self.is_pointwise() {
             return Ok(dcols.reshape(&[self.n, self.h, self.w, self.cin]));
         }
@@ -745,44 +756,6 @@ impl Conv2d {
     pub fn grad_bias(&self, gpu: &Gpu, dy: &Tensor) -> Result<Tensor> {
         column_sums(gpu, dy, self.cout)
     }
-}
-
-/// A row-major [rows, cols] matrix transposed to [cols, rows]: in 4 × 4
-/// blocks of vec4s when both are multiples of 4 (every convolution kernel but
-/// the gray input's), else value by value.
-pub fn transpose(gpu: &Gpu, x: &Tensor, rows: usize, cols: usize) -> Result<Tensor> {
-    ensure!(
-        x.len() == rows * cols,
-        "transpose: {:?} is not {rows}x{cols}",
-        x.shape()
-    );
-    let out = gpu.empty(&[cols, rows])?;
-    let params = Params {
-        geometry: Geometry {
-            h: rows as u32,
-            w: cols as u32,
-            ..Geometry::zeroed()
-        },
-        ..Params::zeroed()
-    };
-    if rows.is_multiple_of(4) && cols.is_multiple_of(4) {
-        let k = gpu.kernel(&SHADERS.scalar, "transpose4", &[]);
-        gpu.dispatch_xyz(
-            &k,
-            bytemuck::bytes_of(&params),
-            &[(5, x), (4, &out)],
-            [(rows * cols / 16).div_ceil(64).min(16) as u32, 1, 1],
-        )?;
-        return Ok(out);
-    }
-    let k = gpu.kernel(&SHADERS.scalar, "transpose", &[]);
-    gpu.dispatch_xyz(
-        &k,
-        bytemuck::bytes_of(&params),
-        &[(1, x), (2, &out)],
-        [(rows * cols).div_ceil(64).min(16) as u32, 1, 1],
-    )?;
-    Ok(out)
 }
 
 /// CPU references (f64), same layouts.

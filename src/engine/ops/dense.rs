@@ -3,9 +3,9 @@
 
 use anyhow::{Result, bail, ensure};
 
-use crate::engine::ops::conv2d::transpose;
 use crate::engine::ops::gemm::{Gemm, Strides};
 use crate::engine::ops::reduce::column_sums;
+use crate::engine::ops::transpose::transpose;
 use crate::engine::{Gpu, Tensor};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -13,6 +13,7 @@ pub mod gemm_sg;
 pub mod pool;
 pub mod reduce;
 pub mod softmax_xent;
+pub mod transpose;
 
 use crate::engine::Shader;
 
