@@ -386,7 +386,7 @@ fn bn_cases() -> Vec<(usize, usize)> {
         (64 * 25, 256),
         (64 * 4, 512),
         (64 * 121, 64),
-        // Past 2048 rows the statistics take a reduction of their own: 64
+        // Past 512 rows the statistics take a reduction of their own: 64
         // chunks, the last one shorter.
         (9000, 8),
     ]
@@ -817,7 +817,7 @@ fn work_beyond_the_adapter_limits_is_refused_with_the_limit_named() {
 fn batchnorm_relu_fused_forward_and_backward() {
     let gpu = gpu();
     let mut rng = rng();
-    // One chunk up to 2048 rows (the statistics inside the row kernels), then several.
+    // One chunk up to 512 rows (the statistics inside the row kernels), then several.
     for (m, c) in [
         (7, 5),
         (30, 13),

@@ -18,7 +18,7 @@ const ROWS: usize = 32;
 /// Up to this many rows, training's workgroups (one per 32 channels) compute
 /// the statistics themselves instead of a reduction dispatch before them:
 /// fewer dispatches for small layers, whose reductions are short anyway.
-const ONE_CHUNK_ROWS: usize = 2048;
+const ONE_CHUNK_ROWS: usize = 512;
 
 pub const EPSILON: f32 = 1e-3;
 pub const MOMENTUM: f32 = 0.99;
