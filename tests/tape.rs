@@ -389,6 +389,47 @@ fn gradients_reaching_a_tensor_twice_are_summed() {
     );
 }
 
+/// A tensor read by a 1×1 convolution and by a shortcut (an identity
+/// block's input): the convolution's input gradient takes the shortcut's
+/// in (`Tape::record_folding`), added by the product as it stores dx (or
+/// copied first and accumulated by the portable one), with no add of its own;
+/// a 3×3 convolution folds it with an add. Both against the CPU references.
+#[test]
+fn a_convolution_folds_the_gradient_its_input_already_has() {
+    let gpu = gpu();
+    let mut rng = rng();
+    let (n, side, c) = (3, 5, 8);
+    for (k, padding) in [(1, Padding::Valid), (3, Padding::Same)] {
+        let conv = Conv2d::new(&[n, side, side, c], c, [k, k], 1, padding).unwrap();
+        let xv = random(&mut rng, n * side * side * c);
+        let wv = random(&mut rng, k * k * c * c);
+        let dyv = random(&mut rng, n * side * side * c);
+        let x = upload(&gpu, &[n, side, side, c], &xv);
+        let w = upload(&gpu, &conv.weight_shape(), &wv);
+        let b = upload(&gpu, &[c], &random(&mut rng, c));
+        let tape = Tape::new(&gpu);
+        for t in [&x, &w, &b] {
+            tape.watch(t);
+        }
+        let h = nn::conv2d(&tape, &x, &w, &b, 1, padding).unwrap();
+        let y = nn::add(&tape, &h, &x).unwrap();
+        let adds = gpu.dispatches_of("elementwise") + gpu.dispatches_of("elementwise_vec4");
+        let grads = tape.backward(&y, upload(&gpu, y.shape(), &dyv)).unwrap();
+        let added = gpu.dispatches_of("elementwise") + gpu.dispatches_of("elementwise_vec4") - adds;
+        assert_eq!(added, (k != 1) as u64, "{k}x{k}: adds in the backward pass");
+        let want: Vec<f64> = conv2d::cpu::grad_input(&conv, &f64s(&dyv), &f64s(&wv))
+            .iter()
+            .zip(&dyv)
+            .map(|(conv, shortcut)| conv + *shortcut as f64)
+            .collect();
+        check(
+            &format!("d (conv{k}x{k}(x) + x) / dx"),
+            &read(&gpu, grads.get(&x).expect("gradient of x")),
+            &want,
+        );
+    }
+}
+
 /// The model's convolution blocks compute only the part of a 1×1
 /// convolution's output that the following max-pool reads (5×5 → 2×2 reads
 /// 4×4). The pooled output and every gradient must be what the full
@@ -665,6 +706,7 @@ fn steady_state_training_steps_allocate_nothing() {
     }
     let before = gpu.stats();
     let transposes = gpu.dispatches_of("transpose");
+    let adds = gpu.dispatches_of("elementwise") + gpu.dispatches_of("elementwise_vec4");
     for _ in 0..2 {
         step(&mut trainer);
     }
@@ -675,6 +717,14 @@ fn steady_state_training_steps_allocate_nothing() {
         gpu.dispatches_of("transpose") - transposes,
         2 * 2,
         "the weight transposes of a step should take two dispatches"
+    );
+    // The gradients that reach a tensor twice are added by the products,
+    // except where two cropped 1×1 convolutions (a stage's first block)
+    // read the same tensor: one add per stage.
+    assert_eq!(
+        gpu.dispatches_of("elementwise") + gpu.dispatches_of("elementwise_vec4") - adds,
+        2 * 2,
+        "a step's gradient adds"
     );
     eprintln!("before {before:?}\nafter  {after:?}");
     assert_eq!(

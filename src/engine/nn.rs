@@ -8,6 +8,7 @@ use crate::engine::ops::batchnorm::{BatchNorm, BnParams};
 use crate::engine::ops::conv2d::{Conv2d, Padding};
 use crate::engine::ops::dense::Dense;
 use crate::engine::ops::pool::Pool2d;
+use crate::engine::ops::transpose::transpose;
 use crate::engine::ops::{elementwise, softmax_xent};
 use crate::engine::tape::Tape;
 
@@ -34,11 +35,16 @@ pub fn conv2d_as(tape: &Tape, conv: Conv2d, x: &Tensor, w: &Tensor, b: &Tensor) 
         .is_tracked(x)
         .then(|| tape.transpose_later(w, conv.k(), conv.cout));
     let w2 = w.clone();
-    tape.record(&[x, w, b], &y, move |gpu, dy, needs| {
-        let dx = match (needs[0], &wt) {
+    // x's gradient so far (a residual shortcut's) is added by the product.
+    tape.record_folding(&[x, w, b], &y, move |gpu, dy, needs, prior| {
+        let wt = match (needs[0], &wt) {
             (false, _) => None,
-            (true, Some(wt)) => Some(conv.grad_input_transposed(gpu, dy, &wt.get(gpu)?)?),
-            (true, None) => Some(conv.grad_input(gpu, dy, &w2)?),
+            (true, Some(wt)) => Some(wt.get(gpu)?),
+            (true, None) => Some(transpose(gpu, &w2, conv.k(), conv.cout)?),
+        };
+        let dx = match wt {
+            Some(wt) => Some(conv.grad_input_transposed(gpu, dy, &wt, prior.as_ref())?),
+            None => None,
         };
         let (dw, db) = match (needs[1], needs[2]) {
             (true, true) => {

@@ -4,7 +4,9 @@
 //! node: which tensors went in, which came out, and a closure that turns the
 //! output's gradient into the inputs' gradients. `backward` walks the nodes in
 //! reverse, calls each closure, and sums gradients that reach the same tensor
-//! twice (a residual shortcut feeds two paths). Only tensors that lead to a
+//! twice (a residual shortcut feeds two paths): with an add of its own, or
+//! inside the op when it was recorded with `record_folding` (a product can
+//! add the sum so far to its output as it writes it). Only tensors that lead to a
 //! watched parameter take part, so inputs such as the image cost nothing.
 //! Transposes that backward closures will need (a convolution's weights) can
 //! be asked for in the forward pass (`transpose_later`): they are then made
@@ -15,19 +17,25 @@ use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 use std::sync::Arc;
 
-use anyhow::Result;
+use anyhow::{Result, ensure};
 
 use crate::engine::ops::elementwise;
 use crate::engine::ops::transpose::{transpose, transpose_many};
 use crate::engine::{Gpu, Tensor};
 
-/// Gradients of the inputs that need one, in input order.
-pub type Backward = Box<dyn FnOnce(&Gpu, &Tensor, &[bool]) -> Result<Vec<Option<Tensor>>>>;
+/// Gradients of the inputs that need one, in input order. The last argument
+/// is, for a node recorded with `record_folding`, the gradient its first
+/// input has received so far (None for the others): the node returns that
+/// input's gradient with it added.
+pub type Backward =
+    Box<dyn FnOnce(&Gpu, &Tensor, &[bool], Option<Tensor>) -> Result<Vec<Option<Tensor>>>>;
 
 struct Node {
     inputs: Vec<u64>,
     output: u64,
     backward: Backward,
+    /// Whether `backward` adds its first input's earlier gradient itself.
+    folds_prior: bool,
     /// The profile label of the op (its backward runs under the same one).
     label: Arc<str>,
 }
@@ -126,6 +134,24 @@ impl Tape {
         output: &Tensor,
         backward: impl FnOnce(&Gpu, &Tensor, &[bool]) -> Result<Vec<Option<Tensor>>> + 'static,
     ) {
+        let backward: Backward = Box::new(move |gpu, dy, needs, _| backward(gpu, dy, needs));
+        self.push(inputs, output, backward, false);
+    }
+
+    /// `record` for an op whose backward adds the gradient its first input
+    /// has already received to the one it computes (`Backward`'s last
+    /// argument), saving the tape's add.
+    pub fn record_folding(
+        &self,
+        inputs: &[&Tensor],
+        output: &Tensor,
+        backward: impl FnOnce(&Gpu, &Tensor, &[bool], Option<Tensor>) -> Result<Vec<Option<Tensor>>>
+        + 'static,
+    ) {
+        self.push(inputs, output, Box::new(backward), true);
+    }
+
+    fn push(&self, inputs: &[&Tensor], output: &Tensor, backward: Backward, folds_prior: bool) {
         if !inputs.iter().any(|t| self.is_tracked(t)) {
             return;
         }
@@ -133,7 +159,8 @@ impl Tape {
         self.nodes.borrow_mut().push(Node {
             inputs: inputs.iter().map(|t| t.id()).collect(),
             output: output.id(),
-            backward: Box::new(backward),
+            backward,
+            folds_prior,
             label: self.gpu.scope().0,
         });
     }
@@ -152,7 +179,16 @@ impl Tape {
             };
             let needs: Vec<bool> = node.inputs.iter().map(|id| tracked.contains(id)).collect();
             self.gpu.set_scope(&node.label, "backward");
-            let dxs = (node.backward)(&self.gpu, &dy, &needs)?;
+            let prior = match node.folds_prior && needs[0] {
+                true => grads.remove(&node.inputs[0]),
+                false => None,
+            };
+            let folded = prior.is_some();
+            let dxs = (node.backward)(&self.gpu, &dy, &needs, prior)?;
+            ensure!(
+                !folded || dxs.first().is_some_and(Option::is_some),
+                "an op recorded with record_folding dropped its input's gradient"
+            );
             for ((id, dx), need) in node.inputs.iter().zip(dxs).zip(needs) {
                 let Some(dx) = dx.filter(|_| need) else {
                     continue;

@@ -13,6 +13,7 @@ use anyhow::{Result, bail, ensure};
 use bytemuck::{Pod, Zeroable};
 
 use crate::engine::ops::ShaderPair;
+use crate::engine::ops::elementwise;
 use crate::engine::ops::gemm::{Gemm, RowsInto, SG8_TILE, SG16_TILE, Strides};
 use crate::engine::ops::gemm_sg::{self, SubgroupTile};
 use crate::engine::ops::pool::Pool2d;
@@ -611,11 +612,43 @@ impl Conv2d {
     pub fn grad_input(&self, gpu: &Gpu, dy: &Tensor, w: &Tensor) -> Result<Tensor> {
         // Wᵀ [cout, k] so that the product reads it row by row.
         let wt = transpose(gpu, w, self.k(), self.cout)?;
-        self.grad_input_transposed(gpu, dy, &wt)
+        self.grad_input_transposed(gpu, dy, &wt, None)
     }
 
-    /// `grad_input` given Wᵀ ([cout, k], e.g. from `Tape::transpose_later`).
-    pub fn grad_input_transposed(&self, gpu: &Gpu, dy: &Tensor, wt: &Tensor) -> Result<Tensor> {
+    /// `grad_input` given Wᵀ ([cout, k], e.g. from `Tape::transpose_later`),
+    /// plus `prior` (a gradient x already has, see `Tape::record_folding`):
+    /// added by the product where dcols is dx (an uncropped 1×1 convolution;
+    /// see `Gemm::run_adding`), else by an add after it.
+    pub fn grad_input_transposed(
+        &self,
+        gpu: &Gpu,
+        dy: &Tensor,
+        wt: &Tensor,
+        prior: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let x_shape = [self.n, self.h, self.w, self.cin];
+        if let Some(p) = prior {
+            ensure!(
+                p.len() == x_shape.iter().product::<usize>(),
+                "conv2d: a prior gradient {:?} for an input {x_shape:?}",
+                p.shape()
+            );
+        }
+        let g = Gemm::new(self.m(), self.k(), self.cout, Strides::rows(self.cout));
+        if let (Some(p), true) = (prior, self.is_pointwise()) {
+            let dx = gpu.empty(&x_shape)?;
+            g.run_adding(gpu, [dy, wt, p], &dx)?;
+            return Ok(dx);
+        }
+        let dx = self.grad_input_alone(gpu, dy, wt)?;
+        match prior {
+            Some(p) => elementwise::add(gpu, p, &dx.reshape(p.shape())),
+            None => Ok(dx),
+        }
+    }
+
+    /// dx = col2im(dy · Wᵀ), Wᵀ given.
+    fn grad_input_alone(&self, gpu: &Gpu, dy: &Tensor, wt: &Tensor) -> Result<Tensor> {
         let (k, cout) = (self.k(), self.cout);
         ensure!(
             wt.shape() == [cout, k],

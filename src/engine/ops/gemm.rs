@@ -209,6 +209,22 @@ impl Gemm {
         [a, b, bias, residual]: [&Tensor; 4],
         c: &Tensor,
     ) -> Result<()> {
+        self.plus(gpu, [a, b, residual], Some(bias), c)
+    }
+
+    /// c = a·b + `residual` (no bias): an input gradient added to the one
+    /// its tensor already has (`Tape::record_folding`).
+    pub fn run_adding(&self, gpu: &Gpu, [a, b, residual]: [&Tensor; 3], c: &Tensor) -> Result<()> {
+        self.plus(gpu, [a, b, residual], None, c)
+    }
+
+    fn plus(
+        &self,
+        gpu: &Gpu,
+        [a, b, residual]: [&Tensor; 3],
+        bias: Option<&Tensor>,
+        c: &Tensor,
+    ) -> Result<()> {
         ensure!(
             residual.len() == self.m * self.n && !self.accumulate,
             "gemm: a residual of {} values for a {}x{} product",
@@ -217,14 +233,14 @@ impl Gemm {
             self.n
         );
         if self.subgroup_layout(gpu) == Some(true) {
-            return self.encode(gpu, [a, b, c], Some(bias), None, Some(residual));
+            return self.encode(gpu, [a, b, c], bias, None, Some(residual));
         }
         gpu.copy(residual, 0, c, 0, self.m * self.n)?;
         let g = Gemm {
             accumulate: true,
             ..*self
         };
-        g.run(gpu, a, b, Some(bias), c)
+        g.run(gpu, a, b, bias, c)
     }
 
     /// `run` without bias, also returning the column sums of B ([n]): for
