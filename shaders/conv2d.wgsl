@@ -32,9 +32,9 @@ fn im2col(
   let t = wg.x * 64u + li;
   if (t >= p.ow * p.ld) { return; }
   let oy = wg.y;
+  let ox_k = divmod(t, p.ld);
+  let ox = ox_k.x;
   for (var n = wg.z; n < p.n; n += nwg.z) {
-    let ox_k = divmod(t, p.ld);
-    let ox = ox_k.x;
     let row = ((n * p.oh + oy) * p.ow) * p.ld;
     if (ox_k.y >= p.k) {
       dst[row + t] = V(0.0);
@@ -88,12 +88,12 @@ fn im2col_x4(
   let t = wg.x * 64u + li;
   if (t >= p.ow * ld4) { return; }
   let oy = wg.y;
+  let ox_j = divmod(t, ld4);
+  let ox = ox_j.x;
+  let k0 = ox_j.y * 4u;
+  let tap_ci = divmod(k0, p.cin);
+  let ky_kx = divmod(tap_ci.x, p.kw);
   for (var n = wg.z; n < p.n; n += nwg.z) {
-    let ox_j = divmod(t, ld4);
-    let ox = ox_j.x;
-    let k0 = ox_j.y * 4u;
-    let tap_ci = divmod(k0, p.cin);
-    let ky_kx = divmod(tap_ci.x, p.kw);
     // Four taps unrolled with fixed components: a vec4 indexed by a loop
     // counter would live in memory.
     let t0 = vec3<u32>(ky_kx.x, ky_kx.y, tap_ci.y);
@@ -161,8 +161,8 @@ fn col2im(
   let t = wg.x * 64u + li;
   if (t >= p.w * p.cin) { return; }
   let iy = wg.y;
+  let ix_ci = divmod(t, p.cin);
   for (var n = wg.z; n < p.n; n += nwg.z) {
-    let ix_ci = divmod(t, p.cin);
     var s = V(0.0);
     for (var ky = 0u; ky < p.kh; ky++) {
       // Output row oy reads input row iy through tap ky when oy·stride + ky - pad = iy.

@@ -28,8 +28,8 @@ fn max_forward(
   let t = wg.x * 64u + li;
   if (t >= p.ow * p.c) { return; }
   let oy = wg.y;
+  let ox_c = divmod(t, p.c);
   for (var n = wg.z; n < p.n; n += nwg.z) {
-    let ox_c = divmod(t, p.c);
     var best = V(-3.40282346e38); // -f32 max; Tint rejects -3.4028235e38 as past it
     var best_tap = V(0.0);
     for (var ky = 0u; ky < p.size; ky++) {
@@ -60,10 +60,10 @@ fn max_forward_values(
   let t = wg.x * 64u + li;
   if (t >= pairs * p.c) { return; }
   let oy = wg.y;
+  let j_c = divmod(t, p.c);
+  let ox = 2u * j_c.x;
+  let second = ox + 1u < p.ow;
   for (var n = wg.z; n < p.n; n += nwg.z) {
-    let j_c = divmod(t, p.c);
-    let ox = 2u * j_c.x;
-    let second = ox + 1u < p.ow;
     // The second window's last column: past the image when it does not exist.
     let span = select(p.size, p.stride + p.size, second);
     var best0 = V(-3.40282346e38);
@@ -98,10 +98,10 @@ fn max_backward_tiled(
   @builtin(num_workgroups) nwg: vec3<u32>) {
   let t = wg.x * 64u + li;
   if (t >= p.w * p.c) { return; }
+  let ix_c = divmod(t, p.c);
+  let qy = divmod(wg.y, p.stride);
+  let qx = divmod(ix_c.x, p.stride);
   for (var n = wg.z; n < p.n; n += nwg.z) {
-    let ix_c = divmod(t, p.c);
-    let qy = divmod(wg.y, p.stride);
-    let qx = divmod(ix_c.x, p.stride);
     var v = V(0.0);
     if (qy.x < p.oh && qx.x < p.ow) {
       let o = ((n * p.oh + qy.x) * p.ow + qx.x) * p.c + ix_c.y;
@@ -122,10 +122,10 @@ fn max_backward(
   let t = wg.x * 64u + li;
   if (t >= p.w * p.c) { return; }
   let iy = wg.y;
+  let ix_c = divmod(t, p.c);
+  let ry = covering(iy, p.oh);
+  let rx = covering(ix_c.x, p.ow);
   for (var n = wg.z; n < p.n; n += nwg.z) {
-    let ix_c = divmod(t, p.c);
-    let ry = covering(iy, p.oh);
-    let rx = covering(ix_c.x, p.ow);
     var s = V(0.0);
     for (var oy = ry.x; oy <= ry.y; oy++) {
       let ky = iy - oy * p.stride;
@@ -151,9 +151,9 @@ fn max_backward_s2(
   let t = wg.x * 64u + li;
   if (t >= (p.w + 1u) / 2u * p.c) { return; }
   let a = wg.y;
+  let b_c = divmod(t, p.c);
+  let b = b_c.x;
   for (var n = wg.z; n < p.n; n += nwg.z) {
-    let b_c = divmod(t, p.c);
-    let b = b_c.x;
     var s00 = V(0.0);
     var s01 = V(0.0);
     var s10 = V(0.0);
@@ -203,8 +203,8 @@ fn avg_forward(
   let t = wg.x * 64u + li;
   if (t >= p.ow * p.c) { return; }
   let oy = wg.y;
+  let ox_c = divmod(t, p.c);
   for (var n = wg.z; n < p.n; n += nwg.z) {
-    let ox_c = divmod(t, p.c);
     var s = V(0.0);
     for (var ky = 0u; ky < p.size; ky++) {
       let row = (n * p.h + oy * p.stride + ky) * p.w;
@@ -224,10 +224,10 @@ fn avg_backward(
   let t = wg.x * 64u + li;
   if (t >= p.w * p.c) { return; }
   let iy = wg.y;
+  let ix_c = divmod(t, p.c);
+  let ry = covering(iy, p.oh);
+  let rx = covering(ix_c.x, p.ow);
   for (var n = wg.z; n < p.n; n += nwg.z) {
-    let ix_c = divmod(t, p.c);
-    let ry = covering(iy, p.oh);
-    let rx = covering(ix_c.x, p.ow);
     var s = V(0.0);
     for (var oy = ry.x; oy <= ry.y; oy++) {
       for (var ox = rx.x; ox <= rx.y; ox++) {
