@@ -15,7 +15,7 @@
 
 struct Params {
   m: u32, c: u32, eps: f32, momentum: f32,
-  chunks: u32, rows_per_chunk: u32,  // how reduce.wgsl split the rows
+  chunks: u32, rows_per_chunk: u32,  // how the training kernels split the rows (`BatchNorm::split`)
   gamma_at: u32,  // grad_input: where Σdy·xhat starts in `out2` (after Σdy, aligned for a view)
   pad0: u32,
 }
@@ -39,9 +39,22 @@ override SHORTCUT: bool = false;
 
 const ROWS: u32 = 32u;
 
-// Rows in chunk i of reduce.wgsl's split.
+// Chunk i's rows: [start, end).
+fn chunk_range(i: u32) -> vec2<u32> {
+  let start = i * p.rows_per_chunk;
+  return vec2<u32>(start, min(start + p.rows_per_chunk, p.m));
+}
+
+// How many rows chunk i has.
 fn chunk_rows(i: u32) -> f32 {
-  return f32(min(p.rows_per_chunk, p.m - i * p.rows_per_chunk));
+  let rows = chunk_range(i);
+  return f32(rows.y - rows.x);
+}
+
+// A chunk's two per-column results into out = [2, chunks, c].
+fn store_chunk(i: u32, col: u32, r: array<V, 2>) {
+  out[i * p.c + col] = r[0];
+  out[(p.chunks + i) * p.c + col] = r[1];
 }
 
 // [mean, Σ (x − mean)²] of column col over rows [start, end) of x (b): two
@@ -77,10 +90,8 @@ fn grad_sums_of(col: u32, start: u32, end: u32) -> array<V, 2> {
 fn moments(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
   let col = wg.x * 32u + li;
   if (col >= p.c) { return; }
-  let start = wg.y * p.rows_per_chunk;
-  let r = moments_of(col, start, min(start + p.rows_per_chunk, p.m));
-  out[wg.y * p.c + col] = r[0];
-  out[(p.chunks + wg.y) * p.c + col] = r[1];
+  let rows = chunk_range(wg.y);
+  store_chunk(wg.y, col, moments_of(col, rows.x, rows.y));
 }
 
 // Per chunk of rows: out = [2, chunks, c] of grad_sums_of (x in a, dy in b).
@@ -88,10 +99,8 @@ fn moments(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index
 fn grad_sums(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
   let col = wg.x * 32u + li;
   if (col >= p.c) { return; }
-  let start = wg.y * p.rows_per_chunk;
-  let r = grad_sums_of(col, start, min(start + p.rows_per_chunk, p.m));
-  out[wg.y * p.c + col] = r[0];
-  out[(p.chunks + wg.y) * p.c + col] = r[1];
+  let rows = chunk_range(wg.y);
+  store_chunk(wg.y, col, grad_sums_of(col, rows.x, rows.y));
 }
 
 // The batch's [mean, biased variance] of column col: from the moments of x
@@ -133,9 +142,8 @@ fn normalize_train(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocati
   }
   let scale = invstd * c3[col];
   let shift = d4[col] - mean * scale;
-  let start = wg.y * p.rows_per_chunk;
-  let end = min(start + p.rows_per_chunk, p.m);
-  for (var r = start; r < end; r++) {
+  let rows = chunk_range(wg.y);
+  for (var r = rows.x; r < rows.y; r++) {
     let i = r * p.c + col;
     var v = b[i] * scale + shift;
     if (RESIDUAL) { v += e5[i]; }
@@ -204,9 +212,8 @@ fn grad_input(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_in
   let mdy = sdy / f32(p.m);
   let mdyx = sdyx / f32(p.m);
   let k = d4[col] * invstd;
-  let start = wg.y * p.rows_per_chunk;
-  let end = min(start + p.rows_per_chunk, p.m);
-  for (var r = start; r < end; r++) {
+  let rows = chunk_range(wg.y);
+  for (var r = rows.x; r < rows.y; r++) {
     let i = r * p.c + col;
     let xhat = (a[i] - mean) * invstd;
     var g = b[i];

@@ -115,7 +115,7 @@ fn im2col_x4(
 // outside. A convolution then reads four taps of a kernel row as one vec4
 // (kernel columns in fours, dilation 4; see `Conv2d::infer`) instead of
 // through an im2col matrix 52 floats wide per pixel. Here oh, ow are x4's
-// (padded) height and width; grid (ceil(ow / 64), oh, n).
+// (padded) height and width; grid (ceil(ow / 64), oh, ceil(n / 8)).
 @compute @workgroup_size(64)
 fn taps_x4(
   @builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32,

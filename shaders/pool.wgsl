@@ -51,7 +51,7 @@ fn max_forward(
 // where no backward pass reads them (a stream of stores and selects less).
 // One invocation computes two horizontal neighbours (ox = 2j, 2j + 1): with
 // overlapping windows (stride < size) they share columns, read once (15
-// loads instead of 18 for the stem's 3×3/2). Grid (ceil(ceil(ow / 2)·c / 64), oh, n).
+// loads instead of 18 for the stem's 3×3/2). Grid (ceil(ceil(ow / 2)·c / 64), oh, ceil(n / 8)).
 @compute @workgroup_size(64)
 fn max_forward_values(
   @builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32,
@@ -143,7 +143,7 @@ fn max_backward(
 // only windows a - 1, a (rows) and b - 1, b (columns) can cover, so each of
 // those windows' dy and tap is loaded once for the four pixels (8 loads and 4
 // stores, against 2 loads per covering window and a store per pixel).
-// x = dy, arg = winning taps, y = dx. Grid (ceil(ceil(w / 2)·c / 64), ceil(h / 2), n).
+// x = dy, arg = winning taps, y = dx. Grid (ceil(ceil(w / 2)·c / 64), ceil(h / 2), ceil(n / 8)).
 @compute @workgroup_size(64)
 fn max_backward_s2(
   @builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32,

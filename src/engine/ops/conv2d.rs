@@ -12,7 +12,6 @@ use std::sync::LazyLock;
 use anyhow::{Result, bail, ensure};
 use bytemuck::{Pod, Zeroable};
 
-use crate::engine::ops::ShaderPair;
 use crate::engine::ops::elementwise;
 use crate::engine::ops::gemm::{Gemm, RowsInto, SG8_TILE, SG16_TILE, Strides};
 use crate::engine::ops::gemm_sg::{self, SubgroupTile};
@@ -20,6 +19,7 @@ use crate::engine::ops::pool::Pool2d;
 use crate::engine::ops::reduce::column_sums;
 use crate::engine::ops::shader_pair;
 use crate::engine::ops::transpose::transpose;
+use crate::engine::ops::{ShaderPair, image_groups};
 use crate::engine::{Gpu, Shader, Tensor};
 
 const SHADERS: ShaderPair = shader_pair!(
@@ -330,9 +330,9 @@ impl Conv2d {
         }
     }
 
-    /// The grids' third dimension: groups of 8 images (see `shaders/conv2d.wgsl`).
+    /// The grids' third dimension (see `ops::image_groups`).
     fn image_groups(&self) -> u32 {
-        self.n.div_ceil(8) as u32
+        image_groups(self.n)
     }
 
     fn params(&self) -> Params {
@@ -626,6 +626,12 @@ impl Conv2d {
         wt: &Tensor,
         prior: Option<&Tensor>,
     ) -> Result<Tensor> {
+        let (k, cout) = (self.k(), self.cout);
+        ensure!(
+            wt.shape() == [cout, k],
+            "conv2d: transposed kernel {:?}, expected [{cout}, {k}]",
+            wt.shape()
+        );
         let x_shape = [self.n, self.h, self.w, self.cin];
         if let Some(p) = prior {
             ensure!(
@@ -634,28 +640,21 @@ impl Conv2d {
                 p.shape()
             );
         }
-        let g = Gemm::new(self.m(), self.k(), self.cout, Strides::rows(self.cout));
+        let g = Gemm::new(self.m(), k, cout, Strides::rows(cout));
         if let (Some(p), true) = (prior, self.is_pointwise()) {
             let dx = gpu.empty(&x_shape)?;
             g.run_adding(gpu, [dy, wt, p], &dx)?;
             return Ok(dx);
         }
-        let dx = self.grad_input_alone(gpu, dy, wt)?;
+        let dx = self.grad_input_alone(gpu, g, dy, wt)?;
         match prior {
             Some(p) => elementwise::add(gpu, p, &dx.reshape(p.shape())),
             None => Ok(dx),
         }
     }
 
-    /// dx = col2im(dy · Wᵀ), Wᵀ given.
-    fn grad_input_alone(&self, gpu: &Gpu, dy: &Tensor, wt: &Tensor) -> Result<Tensor> {
-        let (k, cout) = (self.k(), self.cout);
-        ensure!(
-            wt.shape() == [cout, k],
-            "conv2d: transposed kernel {:?}, expected [{cout}, {k}]",
-            wt.shape()
-        );
-        let g = Gemm::new(self.m(), k, cout, Strides::rows(cout));
+    /// dx = col2im(dy · Wᵀ) by the product `g` (dcols = dy · Wᵀ).
+    fn grad_input_alone(&self, gpu: &Gpu, g: Gemm, dy: &Tensor, wt: &Tensor) -> Result<Tensor> {
         if self.is_cropped_pointwise() && g.on_subgroups(gpu) {
             // dcols is dx's top-left pixels: stored there, the rest zeros.
             let dx = gpu.zeros(&[self.n, self.h, self.w, self.cin])?;
@@ -667,7 +666,7 @@ impl Conv2d {
             into.run(gpu, dy, wt, None, &dx)?;
             return Ok(dx);
         }
-        let dcols = gpu.empty(&[self.m(), k])?;
+        let dcols = gpu.empty(&[self.m(), self.k()])?;
         g.run(gpu, dy, wt, None, &dcols)?;
         if self.is_pointwise() {
             return Ok(dcols.reshape(&[self.n, self.h, self.w, self.cin]));

@@ -17,6 +17,17 @@ pub mod transpose;
 
 use crate::engine::Shader;
 
+/// Images per workgroup in the per-pixel kernels (pools, im2col, col2im):
+/// each workgroup loops over every `IMAGES_PER_WORKGROUP`-th image from its
+/// own, as llvmpipe pays a fixed cost per workgroup and one per image row
+/// made thousands of them.
+pub const IMAGES_PER_WORKGROUP: usize = 8;
+
+/// The grids' third dimension for `n` images.
+pub fn image_groups(n: usize) -> u32 {
+    n.div_ceil(IMAGES_PER_WORKGROUP) as u32
+}
+
 /// A kernel source compiled twice, over `f32` and over `vec4<f32>`: the
 /// source names its element type `V` and its width `W`. llvmpipe loads a
 /// per-lane vec4 for about the price of a scalar, so memory-bound kernels

@@ -4,8 +4,8 @@
 use anyhow::{Result, bail, ensure};
 use bytemuck::{Pod, Zeroable};
 
-use crate::engine::ops::ShaderPair;
 use crate::engine::ops::shader_pair;
+use crate::engine::ops::{ShaderPair, image_groups};
 use crate::engine::{Gpu, Tensor};
 
 const SHADERS: ShaderPair = shader_pair!(
@@ -92,13 +92,13 @@ impl Pool2d {
     }
 
     /// Grid for one invocation per (column, channel V) of `cols` columns,
-    /// one workgroup row per image row of `rows`.
-    /// (columns, rows, groups of 8 images): see `shaders/pool.wgsl`.
+    /// one workgroup row per image row of `rows`, and groups of images
+    /// (`ops::image_groups`; see `shaders/pool.wgsl`).
     fn grid(&self, cols: usize, rows: usize) -> [u32; 3] {
         [
             (cols * self.cv()).div_ceil(64) as u32,
             rows as u32,
-            self.n.div_ceil(8) as u32,
+            image_groups(self.n),
         ]
     }
 
