@@ -555,6 +555,83 @@ fn numeric_flags_take_negative_numbers_and_refuse_them_with_the_reason() {
     );
 }
 
+/// `--arch fine --cosine`: the run trains the fine graph, records it in its
+/// config, its weights and the recipe, lowers the learning rate along the
+/// cosine once per epoch, and `summary --model` reads the graph back.
+#[test]
+fn train_arch_fine_with_the_cosine_schedule() {
+    let dir = temp_dir("fine");
+    let run = dir.join("run");
+    let data = sample_csv();
+    let o = wgfer(&[
+        "train",
+        "--data",
+        s(&data),
+        "--out",
+        s(&run),
+        "--epochs",
+        "3",
+        "--limit",
+        "300",
+        "--batch-size",
+        "16",
+        "--steps-per-epoch",
+        "2",
+        "--quiet",
+        "--arch",
+        "fine",
+        "--cosine",
+    ]);
+    assert!(o.status.success(), "train failed:\n{}", text(&o));
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("config.json")).unwrap()).unwrap();
+    assert_eq!(
+        (&config["arch"], &config["cosine"]),
+        (&"fine".into(), &true.into())
+    );
+    let history = std::fs::read_to_string(run.join("history.csv")).unwrap();
+    let rates = history
+        .lines()
+        .skip(1)
+        .map(|l| l.rsplit(',').next().unwrap().parse::<f64>());
+    for (got, want) in rates.zip([1e-3, 7.5e-4, 2.5e-4]) {
+        approx::assert_relative_eq!(got.unwrap(), want, max_relative = 1e-6);
+    }
+    assert_eq!(history.lines().count(), 4, "{history}");
+
+    let best = run.join("best.safetensors");
+    let (meta, shapes) = checkpoint::peek(&std::fs::read(&best).unwrap(), "best").unwrap();
+    assert_eq!(meta["arch"], "fine");
+    let recipe: serde_json::Value = serde_json::from_str(&meta["training"]).unwrap();
+    assert_eq!(recipe["recipe"]["arch"], "fine", "{recipe}");
+    let dense = shapes
+        .iter()
+        .find(|(n, _)| n == "Dense_final.kernel")
+        .unwrap();
+    assert_eq!(dense.1, [2304, 5]);
+    let o = wgfer(&["summary", "--model", s(&best)]);
+    assert!(o.status.success(), "{}", text(&o));
+    let table = String::from_utf8_lossy(&o.stdout);
+    assert!(table.starts_with("Model: \"Resnet18_fine\""), "{table}");
+    assert!(
+        table.contains("flatten (Flatten)                       (None, 2304)"),
+        "{table}"
+    );
+    fails_with(
+        &[
+            "train",
+            "--data",
+            s(&data),
+            "--out",
+            s(&dir.join("x")),
+            "--cosine",
+            "--reduce-lr-patience",
+            "3",
+        ],
+        "cannot be used with",
+    );
+}
+
 #[test]
 fn a_run_records_its_data_and_eval_warns_when_it_scores_training_rows() {
     let dir = temp_dir("provenance");

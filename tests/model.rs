@@ -4,7 +4,7 @@
 mod common;
 
 use wgfer::engine::tape::Tape;
-use wgfer::fer::model::{Architecture, Model, initial_values};
+use wgfer::fer::model::{ArchKind, Architecture, Model, initial_values};
 use wgfer::fer::plan::Plan;
 
 #[test]
@@ -15,17 +15,20 @@ fn parameter_count_matches_keras() {
     assert_eq!(frozen, 8_576, "batch-norm moving statistics");
 }
 
+/// The per-image output shape of the layer called `name`.
+fn output_shape(arch: &Architecture, name: &str) -> Vec<usize> {
+    arch.layers
+        .iter()
+        .find(|l| l.name == name)
+        .unwrap_or_else(|| panic!("no layer {name}"))
+        .output_shape
+        .clone()
+}
+
 #[test]
 fn every_layer_has_the_keras_output_shape() {
     let arch = Architecture::resnet(5);
-    let shape = |name: &str| {
-        arch.layers
-            .iter()
-            .find(|l| l.name == name)
-            .unwrap_or_else(|| panic!("no layer {name}"))
-            .output_shape
-            .clone()
-    };
+    let shape = |name: &str| output_shape(&arch, name);
     assert_eq!(shape("input_1"), [48, 48, 1]);
     assert_eq!(shape("zero_padding2d"), [54, 54, 1]);
     assert_eq!(shape("conv1"), [24, 24, 64]);
@@ -57,6 +60,38 @@ fn every_layer_has_the_keras_output_shape() {
         ),
         (21, 21, 6, 19)
     );
+}
+
+/// The fine variant: the same blocks and parameter names, no stem max-pool
+/// and half the filters, so its stages run at 12×12 and 6×6.
+#[test]
+fn the_fine_variant_keeps_the_names_and_the_pixels() {
+    let arch = Architecture::of_kind(ArchKind::Fine, 7);
+    let shape = |name: &str| output_shape(&arch, name);
+    assert_eq!(shape("conv1"), [24, 24, 64]);
+    assert_eq!(shape("res_2_conv_a"), [24, 24, 32], "no stem max-pool");
+    assert_eq!(shape("res_2_conv_b"), [12, 12, 32]);
+    assert_eq!(shape("activation_9"), [12, 12, 128], "end of stage 2");
+    assert_eq!(shape("res_3_conv_b"), [6, 6, 64]);
+    assert_eq!(shape("activation_18"), [6, 6, 256], "end of stage 3");
+    assert_eq!(shape("flatten"), [2304]);
+    assert_eq!(shape("Dense_final"), [7]);
+    let names = |a: &Architecture| a.params.iter().map(|p| p.name.clone()).collect::<Vec<_>>();
+    assert_eq!(
+        names(&arch),
+        names(&Architecture::resnet(7)),
+        "the tutorial's parameter names, in its order"
+    );
+    // By hand, with the batch norms: conv1 3,456; stage 2 (32, 32, 128 filters) 25,152 for
+    // the convolution block + 2 × 18,368; stage 3 (64, 64, 256) 97,408 + 2 × 71,552;
+    // Dense_final 2,304 × 7 + 7.
+    let (trainable, frozen) = arch.param_count();
+    assert_eq!(trainable + frozen, 321_991);
+    assert_eq!(
+        frozen, 4_352,
+        "the moving means and variances: half of 8,704"
+    );
+    assert!(arch.summary().starts_with("Model: \"Resnet18_fine\""));
 }
 
 #[test]
@@ -195,8 +230,14 @@ fn bench_profiles_every_layer_of_the_real_step() {
 /// training step has changed the weights (the folded ones are made anew).
 #[test]
 fn folded_inference_equals_the_unfolded_plan() {
+    for kind in [ArchKind::Tutorial, ArchKind::Fine] {
+        folded_inference_equals_the_unfolded_plan_of(kind);
+    }
+}
+
+fn folded_inference_equals_the_unfolded_plan_of(kind: ArchKind) {
     let gpu = common::gpu();
-    let arch = Architecture::resnet(5);
+    let arch = Architecture::of_kind(kind, 5);
     let mut rng = common::rng();
     let (trainable, _) = initial_values(&arch, 0);
     // Random gammas, betas, means and variances (> 0) instead of 1, 0, 0, 1.
@@ -232,16 +273,54 @@ fn folded_inference_equals_the_unfolded_plan() {
                 .unwrap(),
         );
         common::check(
-            &format!("folded logits, {round}"),
+            &format!("{kind:?}: folded logits, {round}"),
             &folded,
             &common::f64s(&reference),
         );
         assert!(
             common::rel_err(&folded, &common::f64s(&reference)) < 1e-5,
-            "{round}"
+            "{kind:?}: {round}"
         );
         // A training-mode forward moves the moving statistics: the next
         // inference must not reuse the folded weights made above.
         model.forward(&Tape::new(&gpu), &images, true).unwrap();
     }
+}
+
+/// A weights file names its layer graph: a fine model saved and loaded again
+/// is a fine model with the same outputs, and a file naming a graph wgfer does
+/// not know is refused by name.
+#[test]
+fn weights_files_carry_their_architecture() {
+    let gpu = common::gpu();
+    let dir = common::temp_dir("model-arch");
+    let path = dir.join("fine.safetensors");
+    let names: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
+    let model = Model::new(&gpu, Architecture::of_kind(ArchKind::Fine, 3), 1).unwrap();
+    model.save(&path, &names, &[]).unwrap();
+    let (arch, read_names) = wgfer::fer::model::describe(&path).unwrap();
+    assert_eq!(
+        (arch.kind, read_names.clone()),
+        (ArchKind::Fine, names.clone())
+    );
+    let (loaded, _) = Model::load(&gpu, &path).unwrap();
+    assert_eq!(loaded.arch.kind, ArchKind::Fine);
+    let x: Vec<f32> = (0..2 * 48 * 48).map(|i| (i % 251) as f32 / 251.0).collect();
+    let images = gpu.upload(&[2, 48, 48, 1], &x).unwrap();
+    let logits =
+        |m: &Model| common::read(&gpu, &m.forward(&Tape::new(&gpu), &images, false).unwrap());
+    assert_eq!(logits(&model), logits(&loaded));
+
+    let mut meta = wgfer::fer::model::metadata(ArchKind::Fine, &names).unwrap();
+    meta.insert("arch".into(), "huge".into());
+    let odd = dir.join("odd.safetensors");
+    wgfer::fer::checkpoint::save(&odd, &model.named_tensors().unwrap(), &meta).unwrap();
+    let e = Model::load(&gpu, &odd)
+        .err()
+        .expect("an unknown arch must be refused")
+        .to_string();
+    assert!(
+        e.contains("unknown architecture `huge`") && e.contains("odd.safetensors"),
+        "{e}"
+    );
 }

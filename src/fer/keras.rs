@@ -31,7 +31,7 @@ use hdf5_reader::group::Group;
 use hdf5_reader::{Attribute, Hdf5File, OpenOptions};
 
 use crate::fer::checkpoint::{self, NamedTensor};
-use crate::fer::model::{Architecture, ParamInfo, metadata};
+use crate::fer::model::{ArchKind, Architecture, ParamInfo, metadata};
 
 /// The first bytes of every HDF5 file (at offset 0, where Keras writes it).
 const HDF5_MAGIC: &[u8] = b"\x89HDF\r\n\x1a\n";
@@ -243,7 +243,7 @@ pub fn convert(bytes: &[u8], origin: &str, classes: Option<&str>) -> Result<Conv
             .map_err(|e| anyhow!("{origin}: the model has {} classes: {e}", arch.num_classes))?,
         None => crate::fer::data::default_class_names(arch.num_classes),
     };
-    let mut meta = metadata(&classes)?;
+    let mut meta = metadata(ArchKind::Tutorial, &classes)?;
     meta.insert("converted_from".into(), file.format.to_string());
     Ok(Converted {
         bytes: checkpoint::to_bytes(&tensors, &meta).map_err(|e| anyhow!("{origin}: {e:#}"))?,

@@ -117,9 +117,60 @@ pub struct Layer {
     pub params: Vec<usize>,
 }
 
+/// Which layer graph: the tutorial's, or a finer-grained variant of it.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum ArchKind {
+    /// The tutorial's ResNet: 48 → 24 (conv1) → 11 (max-pool) → 5 → 2 pixels, 1.2 M parameters.
+    #[default]
+    Tutorial,
+    /// The same blocks and names without the stem's max-pool and half as wide:
+    /// 48 → 24 → 12 → 6 pixels, so the residual stages see 4× (res_2) and 9×
+    /// (res_3) more positions.
+    Fine,
+}
+
+impl ArchKind {
+    /// The name in weights files' `arch` metadata and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            ArchKind::Tutorial => "tutorial",
+            ArchKind::Fine => "fine",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<ArchKind> {
+        match s {
+            "tutorial" => Ok(ArchKind::Tutorial),
+            "fine" => Ok(ArchKind::Fine),
+            _ => bail!("unknown architecture `{s}` (wgfer knows `tutorial` and `fine`)"),
+        }
+    }
+
+    /// Filters of the first residual stage (the second has twice as many) and
+    /// whether the stem ends in a 3×3 max-pool.
+    fn shape(self) -> (usize, bool) {
+        match self {
+            ArchKind::Tutorial => (64, true),
+            ArchKind::Fine => (32, false),
+        }
+    }
+}
+
 /// The layer graph and the parameter layout, with no GPU state.
 #[derive(Clone, Debug)]
 pub struct Architecture {
+    pub kind: ArchKind,
     pub layers: Vec<Layer>,
     pub params: Vec<ParamInfo>,
     pub num_classes: usize,
@@ -314,8 +365,15 @@ impl Builder {
 impl Architecture {
     /// The tutorial's model for `num_classes` classes (5 in the tutorial).
     pub fn resnet(num_classes: usize) -> Architecture {
+        Self::of_kind(ArchKind::Tutorial, num_classes)
+    }
+
+    /// The `kind` of model for `num_classes` classes.
+    pub fn of_kind(kind: ArchKind, num_classes: usize) -> Architecture {
+        let (width, stem_pool) = kind.shape();
         let mut b = Builder {
             arch: Architecture {
+                kind,
                 layers: vec![],
                 params: vec![],
                 num_classes,
@@ -338,9 +396,11 @@ impl Architecture {
         );
         x = b.bn("bn_conv1".into(), x);
         x = b.relu(x);
-        x = b.layer(None, Op::MaxPool { size: 3, stride: 2 }, &[x]);
-        x = b.res_block(x, [64, 64, 256], 2);
-        x = b.res_block(x, [128, 128, 512], 3);
+        if stem_pool {
+            x = b.layer(None, Op::MaxPool { size: 3, stride: 2 }, &[x]);
+        }
+        x = b.res_block(x, [width, width, 4 * width], 2);
+        x = b.res_block(x, [2 * width, 2 * width, 8 * width], 3);
         x = b.layer(
             Some("Averagea_Pooling".into()),
             Op::AvgPool { size: 2, stride: 2 },
@@ -415,7 +475,11 @@ impl Architecture {
     pub fn summary(&self) -> String {
         let line = "=".repeat(86);
         let thin = "_".repeat(86);
-        let mut s = format!("Model: \"Resnet18\"\n{thin}\n");
+        let title = match self.kind {
+            ArchKind::Tutorial => "Resnet18",
+            ArchKind::Fine => "Resnet18_fine",
+        };
+        let mut s = format!("Model: \"{title}\"\n{thin}\n");
         s += &format!(
             " {:<40}{:<24}{:>10}   {}\n{line}\n",
             "Layer (type)", "Output Shape", "Param #", "Connected to"
@@ -751,14 +815,25 @@ pub fn initial_values(arch: &Architecture, seed: u64) -> (Vec<f32>, Vec<f32>) {
 /// The metadata key holding the class names (a JSON list).
 pub const META_CLASSES: &str = "classes";
 
+/// The metadata key naming the layer graph (`ArchKind::name`); files
+/// without it hold the tutorial's.
+pub const META_ARCH: &str = "arch";
+
 /// The metadata every weights file wgfer writes carries.
-pub fn metadata(class_names: &[String]) -> Result<std::collections::BTreeMap<String, String>> {
+pub fn metadata(
+    kind: ArchKind,
+    class_names: &[String],
+) -> Result<std::collections::BTreeMap<String, String>> {
     let mut meta = std::collections::BTreeMap::new();
     meta.insert("format".to_string(), "wgfer-1".to_string());
-    meta.insert(
-        "architecture".to_string(),
-        "Resnet18 (Keras Emotion AI tutorial)".to_string(),
-    );
+    let description = match kind {
+        ArchKind::Tutorial => "Resnet18 (Keras Emotion AI tutorial)",
+        ArchKind::Fine => {
+            "Resnet18 (Keras Emotion AI tutorial) without the stem max-pool, half width"
+        }
+    };
+    meta.insert("architecture".to_string(), description.to_string());
+    meta.insert(META_ARCH.to_string(), kind.name().to_string());
     meta.insert("input_shape".to_string(), format!("[{SIDE}, {SIDE}, 1]"));
     meta.insert(
         META_CLASSES.to_string(),
@@ -792,52 +867,72 @@ impl Model {
         class_names: &[String],
         extra: &[(&str, String)],
     ) -> Result<()> {
-        let mut meta = metadata(class_names)?;
+        let mut meta = metadata(self.arch.kind, class_names)?;
         for (k, v) in extra {
             meta.insert(k.to_string(), v.clone());
         }
         checkpoint::save(path, &self.named_tensors()?, &meta)
     }
 
-    /// Load a weights file; the class count comes from its metadata (or from
-    /// the shape of `Dense_final.bias` for files converted from elsewhere).
-    /// Every tensor is checked against the model before the GPU sees any.
-    /// Keras files (recognised by content, whatever their name) are
-    /// converted first; see `fer::keras`.
+    /// Load a weights file; the layer graph and the class count come from
+    /// its metadata (or, for files converted from elsewhere, the tutorial's
+    /// graph and the shape of `Dense_final.bias`). Every tensor is checked
+    /// against the model before the GPU sees any. Keras files (recognised by
+    /// content, whatever their name) are converted first; see `fer::keras`.
     pub fn load(gpu: &Gpu, path: &std::path::Path) -> Result<(Model, Vec<String>)> {
-        let origin = path.display().to_string();
-        let bytes = std::fs::read(path)
-            .map_err(|e| anyhow::anyhow!("{origin}: cannot read the weights file: {e}"))?;
-        let bytes = if crate::fer::keras::is_keras(&bytes) {
-            crate::fer::keras::convert(&bytes, &origin, None)?.bytes
-        } else {
-            bytes
-        };
-        let (meta, shapes) = checkpoint::peek(&bytes, &origin)?;
-        let names: Option<Vec<String>> = match meta.get(META_CLASSES) {
-            Some(s) => Some(parse_classes(s).map_err(|e| anyhow::anyhow!("{origin}: {e}"))?),
-            None => None,
-        };
-        let num_classes = match &names {
-            Some(n) => n.len(),
-            None => shapes
-                .iter()
-                .find(|(n, _)| n == "Dense_final.bias")
-                .and_then(|(_, s)| s.first().copied())
-                .ok_or_else(|| {
-                    anyhow::anyhow!(
-                        "{origin}: no `classes` metadata and no `Dense_final.bias` tensor"
-                    )
-                })?,
-        };
-        ensure!(
-            (2..=256).contains(&num_classes),
-            "{origin}: {num_classes} classes is not a classifier wgfer can build"
-        );
-        let names = names.unwrap_or_else(|| crate::fer::data::default_class_names(num_classes));
-        let arch = Architecture::resnet(num_classes);
+        let (bytes, origin) = weights_bytes(path)?;
+        let (arch, names) = architecture_of(&bytes, &origin)?;
         let weights = checkpoint::load_bytes(&bytes, &origin, &arch.expected_tensors())?;
         let (trainable, moving) = arch.scatter(&weights.tensors);
         Ok((Model::from_values(gpu, arch, &trainable, &moving)?, names))
     }
+}
+
+/// A weights file's bytes as safetensors (Keras files converted) and the
+/// name its errors give it.
+fn weights_bytes(path: &std::path::Path) -> Result<(Vec<u8>, String)> {
+    let origin = path.display().to_string();
+    let bytes = std::fs::read(path)
+        .map_err(|e| anyhow::anyhow!("{origin}: cannot read the weights file: {e}"))?;
+    let bytes = if crate::fer::keras::is_keras(&bytes) {
+        crate::fer::keras::convert(&bytes, &origin, None)?.bytes
+    } else {
+        bytes
+    };
+    Ok((bytes, origin))
+}
+
+/// The layer graph and class names a weights file declares, without reading
+/// its values: for `summary --model` and before loading.
+pub fn describe(path: &std::path::Path) -> Result<(Architecture, Vec<String>)> {
+    let (bytes, origin) = weights_bytes(path)?;
+    architecture_of(&bytes, &origin)
+}
+
+fn architecture_of(bytes: &[u8], origin: &str) -> Result<(Architecture, Vec<String>)> {
+    let (meta, shapes) = checkpoint::peek(bytes, origin)?;
+    let names: Option<Vec<String>> = match meta.get(META_CLASSES) {
+        Some(s) => Some(parse_classes(s).map_err(|e| anyhow::anyhow!("{origin}: {e}"))?),
+        None => None,
+    };
+    let num_classes = match &names {
+        Some(n) => n.len(),
+        None => shapes
+            .iter()
+            .find(|(n, _)| n == "Dense_final.bias")
+            .and_then(|(_, s)| s.first().copied())
+            .ok_or_else(|| {
+                anyhow::anyhow!("{origin}: no `classes` metadata and no `Dense_final.bias` tensor")
+            })?,
+    };
+    ensure!(
+        (2..=256).contains(&num_classes),
+        "{origin}: {num_classes} classes is not a classifier wgfer can build"
+    );
+    let names = names.unwrap_or_else(|| crate::fer::data::default_class_names(num_classes));
+    let kind = match meta.get(META_ARCH) {
+        Some(s) => ArchKind::parse(s).map_err(|e| anyhow::anyhow!("{origin}: {e}"))?,
+        None => ArchKind::Tutorial,
+    };
+    Ok((Architecture::of_kind(kind, num_classes), names))
 }

@@ -23,7 +23,7 @@ use crate::fer::checkpoint::{self, NamedTensor};
 use crate::fer::data::{self, Dataset, LoadOptions, PIXELS};
 use crate::fer::eval::{self, Evaluation};
 use crate::fer::files::write_atomic;
-use crate::fer::model::{Architecture, Model, group};
+use crate::fer::model::{ArchKind, Architecture, Model, group};
 use crate::fer::provenance::TrainedOn;
 use crate::fer::report;
 use crate::fer::trainer::Trainer;
@@ -53,6 +53,13 @@ pub struct RunConfig {
     /// in the tutorial.
     #[serde(default)]
     pub reduce_lr_patience: Option<usize>,
+    /// Lower the learning rate along a half cosine from `lr` towards 0 over
+    /// the run's epochs (one value per epoch); off in the tutorial.
+    #[serde(default)]
+    pub cosine: bool,
+    /// The layer graph trained (runs from before it existed: the tutorial's).
+    #[serde(default)]
+    pub arch: ArchKind,
 }
 
 impl RunConfig {
@@ -67,6 +74,16 @@ impl RunConfig {
         })?;
         serde_json::from_str(&text)
             .with_context(|| format!("{} is not a wgfer run config", path.display()))
+    }
+
+    /// The learning rate epoch `epoch` (0-based) starts with, before any
+    /// plateau reductions: `lr`, or with `cosine` lr · ½(1 + cos(π · epoch / epochs)).
+    pub fn scheduled_lr(&self, epoch: usize) -> f32 {
+        if !self.cosine {
+            return self.lr;
+        }
+        let progress = epoch as f64 / self.epochs.max(1) as f64;
+        (self.lr as f64 * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())) as f32
     }
 
     /// How the run read its CSV.
@@ -207,7 +224,7 @@ fn train_in(req: &TrainRequest, mut config: RunConfig) -> Result<Outcome> {
         gpu.software_notice()
             .unwrap_or_else(|| format!("adapter: {}", gpu.adapter())),
     );
-    let arch = Architecture::resnet(config.class_names.len());
+    let arch = Architecture::of_kind(config.arch, config.class_names.len());
     check_limits(&gpu, &arch, config.batch_size)?;
     ensure!(
         data.train.len() >= config.batch_size,
@@ -432,7 +449,7 @@ impl Session<'_> {
     ) -> Result<Ended> {
         let (config, train) = (self.config, &self.data.train);
         let (epoch, steps) = (state.epoch, self.steps());
-        trainer.adam.config.lr = state.lr.unwrap_or(config.lr);
+        trainer.adam.config.lr = state.lr.unwrap_or(config.scheduled_lr(epoch));
         let order = data::epoch_order(train.len(), config.seed, epoch);
         let mut batch = Batch::new(config, epoch, state.step);
         let bar = progress_bar(self.req.quiet, steps, epoch, config.epochs);
@@ -1019,7 +1036,25 @@ mod tests {
             limit: None,
             steps_per_epoch: None,
             reduce_lr_patience: reduce,
+            cosine: false,
+            arch: ArchKind::Tutorial,
         }
+    }
+
+    #[test]
+    fn the_cosine_schedule_falls_from_lr_towards_zero_once_per_epoch() {
+        let mut c = config(20, None);
+        assert_eq!(c.scheduled_lr(7), 1e-3, "constant without --cosine");
+        c.cosine = true;
+        let rates: Vec<f32> = (0..c.epochs).map(|e| c.scheduled_lr(e)).collect();
+        assert_eq!(rates[0], 1e-3);
+        assert!((rates[5] - 5e-4).abs() < 1e-9, "half way: {}", rates[5]);
+        assert!(rates.windows(2).all(|w| w[1] < w[0]), "{rates:?}");
+        assert!(
+            rates[9] > 0.0 && rates[9] < 3e-5,
+            "last epoch: {}",
+            rates[9]
+        );
     }
 
     fn epoch(state: &LoopState, val_loss: f64) -> EpochRecord {

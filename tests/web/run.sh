@@ -20,20 +20,25 @@ npm ci --no-audit --no-fund --loglevel=error
 
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
-export WGFER_WEB_SITE="$work/site"
 export WGFER_WEB_ROWS="$work/rows.csv"
-export WGFER_WEB_EXPECTED="$work/expected.json"
 head -n 25 "$sample" > "$WGFER_WEB_ROWS"   # the header and 24 faces
-# The reference: the native inference on the default adapter (lavapipe here),
-# with the model the site gets (the defaults differ: fer5 for these CSV rows,
-# fer7 for the page).
-"$wgfer" predict --model fer5 --json "$WGFER_WEB_ROWS" > "$WGFER_WEB_EXPECTED"
-"$wgfer" export-web "$WGFER_WEB_SITE" --model fer5 --batch 1,32
 
 # Dawn (the player in Node) finds no usable adapter on lavapipe;
 # SwiftShader, which Debian's chromium ships as a Vulkan driver, serves it.
+node_icd="${VK_ICD_FILENAMES:-}"
 swiftshader=/usr/lib/chromium/vk_swiftshader_icd.json
-if [ -z "${VK_ICD_FILENAMES:-}" ] && [ -f "$swiftshader" ]; then
-  export VK_ICD_FILENAMES="$swiftshader"
+if [ -z "$node_icd" ] && [ -f "$swiftshader" ]; then
+  node_icd="$swiftshader"
 fi
-node --test --test-concurrency=1 "$@"
+
+# Both shipped models (their layer graphs differ: fer7 is the fine variant),
+# or the names or files in WGFER_WEB_MODELS. The reference: the native
+# inference on the default adapter (lavapipe here) with the model the site gets.
+for model in ${WGFER_WEB_MODELS:-fer5 fer7}; do
+  echo "browser tests with --model $model"
+  export WGFER_WEB_SITE="$work/site-$(basename "$model")"
+  export WGFER_WEB_EXPECTED="$work/expected-$(basename "$model").json"
+  "$wgfer" predict --model "$model" --json "$WGFER_WEB_ROWS" > "$WGFER_WEB_EXPECTED"
+  "$wgfer" export-web "$WGFER_WEB_SITE" --model "$model" --batch 1,32
+  VK_ICD_FILENAMES="$node_icd" node --test --test-concurrency=1 "$@"
+done
