@@ -8,6 +8,13 @@ fn main() -> anyhow::Result<()> {
         .and_then(|s| s.parse().ok())
         .unwrap_or(5);
     let gpu = wgfer::engine::Gpu::new(None)?;
-    wgfer::fer::bench::run(&gpu, 64, 256, reps, true)?;
+    wgfer::fer::bench::run(
+        &gpu,
+        wgfer::fer::model::ArchKind::Tutorial,
+        64,
+        256,
+        reps,
+        true,
+    )?;
     Ok(())
 }

@@ -185,7 +185,14 @@ fn bench_profiles_every_layer_of_the_real_step() {
         eprintln!("SKIPPED: {} has no timestamp queries", gpu.adapter());
         return;
     }
-    let report = wgfer::fer::bench::run(&gpu, 4, 4, 1, false).unwrap();
+    for kind in [ArchKind::Tutorial, ArchKind::Fine] {
+        bench_profiles_every_layer_of(&gpu, kind);
+    }
+}
+
+fn bench_profiles_every_layer_of(gpu: &wgfer::engine::Gpu, kind: ArchKind) {
+    let report = wgfer::fer::bench::run(gpu, kind, 4, 4, 1, false).unwrap();
+    assert_eq!(report.arch, kind);
     let has = |name: &str, pass: &str| {
         report
             .kernels

@@ -22,7 +22,7 @@ use crate::engine::tape::Tape;
 use crate::engine::{Gpu, Tensor};
 use crate::fer::augment::{AugmentConfig, Augmenter};
 use crate::fer::data::{PIXELS, SIDE};
-use crate::fer::model::{Architecture, Model};
+use crate::fer::model::{ArchKind, Architecture, Model};
 use crate::fer::predict::{PhotoBench, bench_photos};
 use crate::fer::trainer::Trainer;
 
@@ -47,6 +47,8 @@ pub struct KernelRow {
 #[derive(Debug, Serialize)]
 pub struct BenchReport {
     pub adapter: String,
+    /// The layer graph measured (`tutorial` unless `--arch` says otherwise).
+    pub arch: ArchKind,
     pub batch_size: usize,
     pub infer_batch_size: usize,
     /// Our matrix product on a large square problem.
@@ -103,6 +105,7 @@ fn median(v: &mut [f64]) -> f64 {
 /// Run every benchmark. `print` writes the tables to stderr.
 pub fn run(
     gpu: &Gpu,
+    arch: ArchKind,
     batch: usize,
     infer_batch: usize,
     reps: usize,
@@ -113,14 +116,18 @@ pub fn run(
             eprintln!("{s}");
         }
     };
-    say(format!("adapter: {}", gpu.adapter()));
+    say(format!(
+        "adapter: {}; layer graph: {}",
+        gpu.adapter(),
+        arch.name()
+    ));
     let mut rng = StdRng::seed_from_u64(1);
     let ceiling_gflops = gemm_ceiling(gpu, &mut rng, reps)?;
     say(format!(
         "ceiling: gemm 1024x1024x1024 = {ceiling_gflops:.2} GFLOP/s"
     ));
 
-    let mut step = TrainingStep::new(gpu, batch, &mut rng)?;
+    let mut step = TrainingStep::new(gpu, arch, batch, &mut rng)?;
     let train_step_ms = wall_ms(reps, || step.run())?;
     let train = profile(gpu, reps, train_step_ms, || step.run())?;
 
@@ -133,6 +140,7 @@ pub fn run(
 
     let report = BenchReport {
         adapter: gpu.adapter().to_string(),
+        arch,
         batch_size: batch,
         infer_batch_size: infer_batch,
         ceiling_gflops,
@@ -180,8 +188,8 @@ struct TrainingStep {
 }
 
 impl TrainingStep {
-    fn new(gpu: &Gpu, batch: usize, rng: &mut StdRng) -> Result<TrainingStep> {
-        let model = Model::new(gpu, Architecture::resnet(5), 0)?;
+    fn new(gpu: &Gpu, arch: ArchKind, batch: usize, rng: &mut StdRng) -> Result<TrainingStep> {
+        let model = Model::new(gpu, Architecture::of_kind(arch, 5), 0)?;
         Ok(TrainingStep {
             trainer: Trainer::new(model, batch, Default::default())?,
             augmenter: Augmenter::new(AugmentConfig::default(), 0, 0),
