@@ -56,7 +56,7 @@ pub struct Args {
     cosine: bool,
     /// The layer graph: `tutorial` (the tutorial's ResNet) or `fine` (the
     /// same blocks without the stem's max-pool, half as wide: 48 → 24 → 12 → 6
-    /// pixels, about 1.7× the tutorial's work per image).
+    /// pixels, about twice the tutorial's work per image).
     #[arg(long, value_enum, default_value_t = ArchKind::Tutorial)]
     arch: ArchKind,
     /// Train on the images as they are (no rotation, shift, shear or zoom).

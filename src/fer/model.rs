@@ -149,11 +149,23 @@ impl ArchKind {
         }
     }
 
+    /// The kind called `s` (a weights file's `arch` metadata).
     pub fn parse(s: &str) -> Result<ArchKind> {
-        match s {
-            "tutorial" => Ok(ArchKind::Tutorial),
-            "fine" => Ok(ArchKind::Fine),
-            _ => bail!("unknown architecture `{s}` (wgfer knows `tutorial` and `fine`)"),
+        let all = [ArchKind::Tutorial, ArchKind::Fine];
+        match all.into_iter().find(|k| k.name() == s) {
+            Some(k) => Ok(k),
+            None => bail!("unknown architecture `{s}` (wgfer knows `tutorial` and `fine`)"),
+        }
+    }
+
+    /// The summary's model name and the weights files' `architecture` line.
+    fn titles(self) -> (&'static str, &'static str) {
+        match self {
+            ArchKind::Tutorial => ("Resnet18", "Resnet18 (Keras Emotion AI tutorial)"),
+            ArchKind::Fine => (
+                "Resnet18_fine",
+                "Resnet18 (Keras Emotion AI tutorial) without the stem max-pool, half width",
+            ),
         }
     }
 
@@ -475,10 +487,7 @@ impl Architecture {
     pub fn summary(&self) -> String {
         let line = "=".repeat(86);
         let thin = "_".repeat(86);
-        let title = match self.kind {
-            ArchKind::Tutorial => "Resnet18",
-            ArchKind::Fine => "Resnet18_fine",
-        };
+        let title = self.kind.titles().0;
         let mut s = format!("Model: \"{title}\"\n{thin}\n");
         s += &format!(
             " {:<40}{:<24}{:>10}   {}\n{line}\n",
@@ -826,13 +835,7 @@ pub fn metadata(
 ) -> Result<std::collections::BTreeMap<String, String>> {
     let mut meta = std::collections::BTreeMap::new();
     meta.insert("format".to_string(), "wgfer-1".to_string());
-    let description = match kind {
-        ArchKind::Tutorial => "Resnet18 (Keras Emotion AI tutorial)",
-        ArchKind::Fine => {
-            "Resnet18 (Keras Emotion AI tutorial) without the stem max-pool, half width"
-        }
-    };
-    meta.insert("architecture".to_string(), description.to_string());
+    meta.insert("architecture".to_string(), kind.titles().1.to_string());
     meta.insert(META_ARCH.to_string(), kind.name().to_string());
     meta.insert("input_shape".to_string(), format!("[{SIDE}, {SIDE}, 1]"));
     meta.insert(
