@@ -31,27 +31,40 @@ fn fails_with(args: &[&str], needle: &str) {
     );
 }
 
-#[test]
-fn train_writes_every_output_then_eval_and_predict_use_them() {
-    let dir = temp_dir("train");
-    let run = dir.join("run");
-    let data = sample_csv();
-    let o = wgfer(&[
+/// A short run on 300 faces of the sample CSV in batches of 16: `wgfer train`
+/// into `run` with `--epochs epochs --steps-per-epoch steps` and `extra`.
+fn train_on_sample(
+    run: &Path,
+    epochs: usize,
+    steps: usize,
+    extra: &[&str],
+) -> std::process::Output {
+    let (data, epochs, steps) = (sample_csv(), epochs.to_string(), steps.to_string());
+    let mut args = vec![
         "train",
         "--data",
         s(&data),
         "--out",
-        s(&run),
+        s(run),
         "--epochs",
-        "1",
+        &epochs,
         "--limit",
         "300",
         "--batch-size",
         "16",
         "--steps-per-epoch",
-        "4",
-        "--quiet",
-    ]);
+        &steps,
+    ];
+    args.extend_from_slice(extra);
+    wgfer(&args)
+}
+
+#[test]
+fn train_writes_every_output_then_eval_and_predict_use_them() {
+    let dir = temp_dir("train");
+    let run = dir.join("run");
+    let data = sample_csv();
+    let o = train_on_sample(&run, 1, 4, &["--quiet"]);
     assert!(o.status.success(), "train failed:\n{}", text(&o));
     for f in [
         "best.safetensors",
@@ -408,26 +421,12 @@ fn summary_and_help() {
 fn reduce_lr_on_plateau_halves_the_rate_after_epochs_without_improvement() {
     let dir = temp_dir("plateau");
     let run = dir.join("run");
-    let o = wgfer(&[
-        "train",
-        "--data",
-        s(&sample_csv()),
-        "--out",
-        s(&run),
-        "--epochs",
-        "6",
-        "--limit",
-        "300",
-        "--batch-size",
-        "16",
-        "--steps-per-epoch",
-        "2",
-        "--reduce-lr-patience",
-        "1",
-        "--lr",
-        "0.05",
-        "--quiet",
-    ]);
+    let o = train_on_sample(
+        &run,
+        6,
+        2,
+        &["--reduce-lr-patience", "1", "--lr", "0.05", "--quiet"],
+    );
     assert!(o.status.success(), "{}", text(&o));
     let history = std::fs::read_to_string(run.join("history.csv")).unwrap();
     let rows: Vec<Vec<f64>> = history
@@ -563,25 +562,7 @@ fn train_arch_fine_with_the_cosine_schedule() {
     let dir = temp_dir("fine");
     let run = dir.join("run");
     let data = sample_csv();
-    let o = wgfer(&[
-        "train",
-        "--data",
-        s(&data),
-        "--out",
-        s(&run),
-        "--epochs",
-        "3",
-        "--limit",
-        "300",
-        "--batch-size",
-        "16",
-        "--steps-per-epoch",
-        "2",
-        "--quiet",
-        "--arch",
-        "fine",
-        "--cosine",
-    ]);
+    let o = train_on_sample(&run, 3, 2, &["--quiet", "--arch", "fine", "--cosine"]);
     assert!(o.status.success(), "train failed:\n{}", text(&o));
     let config: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(run.join("config.json")).unwrap()).unwrap();
@@ -637,21 +618,7 @@ fn a_run_records_its_data_and_eval_warns_when_it_scores_training_rows() {
     let dir = temp_dir("provenance");
     let run = dir.join("run");
     let data = sample_csv();
-    let o = wgfer(&[
-        "train",
-        "--data",
-        s(&data),
-        "--out",
-        s(&run),
-        "--epochs",
-        "2",
-        "--limit",
-        "300",
-        "--batch-size",
-        "16",
-        "--steps-per-epoch",
-        "2",
-    ]);
+    let o = train_on_sample(&run, 2, 2, &[]);
     let log = text(&o);
     assert!(o.status.success(), "train failed:\n{log}");
     // What the run understood from the data, and the whole run's ETA.

@@ -129,7 +129,7 @@ fn check_conv(gpu: &Gpu, rng: &mut StdRng, c: Conv2d, what: &str) -> bool {
         &read(gpu, &y),
         &conv2d::cpu::forward(&c, &f64s(&x), &f64s(&w), &f64s(&b)),
     );
-    let dx = c.grad_input(gpu, &dyt, &wt).unwrap();
+    let dx = c.grad_input(gpu, &dyt, &wt, None).unwrap();
     check(
         &format!("conv2d_grad_input {what}"),
         &read(gpu, &dx),

@@ -8,7 +8,6 @@ use crate::engine::ops::batchnorm::{BatchNorm, BnParams};
 use crate::engine::ops::conv2d::{Conv2d, Padding};
 use crate::engine::ops::dense::Dense;
 use crate::engine::ops::pool::Pool2d;
-use crate::engine::ops::transpose::transpose;
 use crate::engine::ops::{elementwise, softmax_xent};
 use crate::engine::tape::Tape;
 
@@ -37,14 +36,11 @@ pub fn conv2d_as(tape: &Tape, conv: Conv2d, x: &Tensor, w: &Tensor, b: &Tensor) 
     let w2 = w.clone();
     // x's gradient so far (a residual shortcut's) is added by the product.
     tape.record_folding(&[x, w, b], &y, move |gpu, dy, needs, prior| {
-        let wt = match (needs[0], &wt) {
+        let prior = prior.as_ref();
+        let dx = match (needs[0], &wt) {
             (false, _) => None,
-            (true, Some(wt)) => Some(wt.get(gpu)?),
-            (true, None) => Some(transpose(gpu, &w2, conv.k(), conv.cout)?),
-        };
-        let dx = match wt {
-            Some(wt) => Some(conv.grad_input_transposed(gpu, dy, &wt, prior.as_ref())?),
-            None => None,
+            (true, Some(wt)) => Some(conv.grad_input_transposed(gpu, dy, &wt.get(gpu)?, prior)?),
+            (true, None) => Some(conv.grad_input(gpu, dy, &w2, prior)?),
         };
         let (dw, db) = match (needs[1], needs[2]) {
             (true, true) => {

@@ -151,10 +151,16 @@ impl ArchKind {
 
     /// The kind called `s` (a weights file's `arch` metadata).
     pub fn parse(s: &str) -> Result<ArchKind> {
-        let all = [ArchKind::Tutorial, ArchKind::Fine];
-        match all.into_iter().find(|k| k.name() == s) {
-            Some(k) => Ok(k),
-            None => bail!("unknown architecture `{s}` (wgfer knows `tutorial` and `fine`)"),
+        let all = <ArchKind as clap::ValueEnum>::value_variants();
+        match all.iter().find(|k| k.name() == s) {
+            Some(k) => Ok(*k),
+            None => {
+                let known: Vec<_> = all.iter().map(|k| format!("`{}`", k.name())).collect();
+                bail!(
+                    "unknown architecture `{s}` (wgfer knows {})",
+                    known.join(" and ")
+                )
+            }
         }
     }
 

@@ -608,11 +608,18 @@ impl Conv2d {
         }
     }
 
-    /// dx from dy: dcols = dy · Wᵀ, then col2im.
-    pub fn grad_input(&self, gpu: &Gpu, dy: &Tensor, w: &Tensor) -> Result<Tensor> {
+    /// dx from dy: dcols = dy · Wᵀ, then col2im; plus `prior` (see
+    /// `grad_input_transposed`).
+    pub fn grad_input(
+        &self,
+        gpu: &Gpu,
+        dy: &Tensor,
+        w: &Tensor,
+        prior: Option<&Tensor>,
+    ) -> Result<Tensor> {
         // Wᵀ [cout, k] so that the product reads it row by row.
         let wt = transpose(gpu, w, self.k(), self.cout)?;
-        self.grad_input_transposed(gpu, dy, &wt, None)
+        self.grad_input_transposed(gpu, dy, &wt, prior)
     }
 
     /// `grad_input` given Wᵀ ([cout, k], e.g. from `Tape::transpose_later`),
