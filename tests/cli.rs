@@ -459,6 +459,48 @@ fn reduce_lr_on_plateau_halves_the_rate_after_epochs_without_improvement() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+#[test]
+fn resume_with_a_larger_patience_continues_a_run_early_stopping_ended() {
+    let dir = temp_dir("patience");
+    let run = dir.join("run");
+    let epochs = |run: &Path| {
+        std::fs::read_to_string(run.join("history.csv"))
+            .unwrap()
+            .lines()
+            .count()
+            - 1
+    };
+    // A rate this high keeps the validation loss from improving every epoch
+    // (as in the plateau test): patience 1 ends the run early.
+    let o = train_on_sample(&run, 8, 2, &["--patience", "1", "--lr", "0.05"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let stopped = epochs(&run);
+    assert!(
+        stopped < 8 && text(&o).contains("early stopping"),
+        "the run was not stopped early, so nothing was tested:\n{}",
+        text(&o)
+    );
+
+    // Resumed as it was, it stays stopped and says how to continue.
+    let o = wgfer(&["train", "--resume", s(&run)]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("--patience N with N above"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(epochs(&run), stopped);
+
+    // With a larger patience it trains to its --epochs and records the new patience.
+    let o = wgfer(&["train", "--resume", s(&run), "--patience", "100"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(epochs(&run), 8, "{}", text(&o));
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["patience"], 100);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// An untrained model's weights with `classes` in the metadata, as wgfer writes them.
 fn untrained_weights(path: &Path, names: &[&str]) {
     let arch = wgfer::fer::model::Architecture::resnet(names.len());

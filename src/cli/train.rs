@@ -25,7 +25,8 @@ pub struct Args {
     /// The run directory for weights, history and pictures.
     #[arg(long, value_name = "DIR", required_unless_present = "resume")]
     out: Option<PathBuf>,
-    /// Continue the interrupted (or finished, with more --epochs) run in DIR.
+    /// Continue the interrupted (or finished, with more --epochs; or early
+    /// stopped, with a larger --patience) run in DIR.
     #[arg(long, value_name = "DIR", conflicts_with = "out")]
     resume: Option<PathBuf>,
     /// Overwrite a run already in --out.
@@ -43,7 +44,8 @@ pub struct Args {
     /// Seed of the split, the initial weights, the data order and the augmentation.
     #[arg(long, default_value_t = 0, value_parser = whole::<u64>, allow_negative_numbers = true)]
     seed: u64,
-    /// Stop after this many epochs without a better validation loss.
+    /// Stop after this many epochs without a better validation loss (with
+    /// --resume: replaces the run's, so a larger one continues a run it stopped).
     #[arg(long, default_value_t = 20, value_parser = count, allow_negative_numbers = true)]
     patience: usize,
     /// Halve the learning rate after N epochs without a better validation
@@ -122,7 +124,8 @@ impl Args {
 pub fn run(a: Args) -> Result<ExitCode> {
     let config = a.config()?;
     let resuming = a.resume.is_some();
-    let epochs_given = std::env::args().any(|s| s == "--epochs" || s.starts_with("--epochs="));
+    let given =
+        |flag: &str| std::env::args().any(|s| s == flag || s.starts_with(&format!("{flag}=")));
     install_ctrlc()?;
     let outcome = train::run(TrainRequest {
         out: a
@@ -134,7 +137,8 @@ pub fn run(a: Args) -> Result<ExitCode> {
         force: a.force,
         adapter: a.adapter,
         quiet: super::quiet(),
-        epochs_override: (resuming && epochs_given).then_some(a.epochs),
+        epochs_override: (resuming && given("--epochs")).then_some(a.epochs),
+        patience_override: (resuming && given("--patience")).then_some(a.patience),
         interrupt_after: a.interrupt_after,
     })?;
     Ok(match outcome {

@@ -175,6 +175,12 @@ impl LoopState {
         }
         said
     }
+
+    /// On resume, judge early stopping by the patience now in force: a larger
+    /// one continues a run it ended, a smaller one ends a run that waited that long.
+    fn apply_patience(&mut self, patience: usize) {
+        self.stopped_early = self.wait >= patience;
+    }
 }
 
 pub struct TrainRequest {
@@ -187,6 +193,9 @@ pub struct TrainRequest {
     pub quiet: bool,
     /// Resume: train up to this many epochs instead of the saved number.
     pub epochs_override: Option<usize>,
+    /// Resume: stop after this many epochs without a better validation loss
+    /// instead of the saved patience (continues a run early stopping ended).
+    pub patience_override: Option<usize>,
     /// Act as if Ctrl-C came after this many steps (tests of resume).
     pub interrupt_after: Option<usize>,
 }
@@ -216,6 +225,9 @@ pub fn run(req: TrainRequest) -> Result<Outcome> {
 fn train_in(req: &TrainRequest, mut config: RunConfig) -> Result<Outcome> {
     if let Some(e) = req.epochs_override {
         config.epochs = e;
+    }
+    if let Some(p) = req.patience_override {
+        config.patience = p;
     }
     let log = Log { quiet: req.quiet };
     let data = load_data(&mut config, &log)?;
@@ -344,7 +356,8 @@ fn open_trainer(
             LoopState::default(),
         ));
     }
-    let (model, state, m, v, trained_on) = load_resume(gpu, &resume, arch)?;
+    let (model, mut state, m, v, trained_on) = load_resume(gpu, &resume, arch)?;
+    state.apply_patience(config.patience);
     if let Some(then) = trained_on.filter(|t| t.data != data.trained_on.data) {
         bail!(
             "{} has changed since the run in {} started ({} bytes then, {} now; SHA-256 {} then, \
@@ -362,6 +375,13 @@ fn open_trainer(
         state.epoch + 1,
         state.step
     ));
+    if state.stopped_early && state.epoch < config.epochs {
+        log.say(format!(
+            "early stopping ended this run ({} epochs without a better validation loss); \
+             --patience N with N above {} continues it",
+            state.wait, state.wait
+        ));
+    }
     let mut trainer = Trainer::new(model, config.batch_size, adam)?;
     trainer.adam.load_state(gpu, state.adam_t, &m, &v)?;
     Ok((trainer, state))
@@ -1100,6 +1120,13 @@ mod tests {
             "{said:?}"
         );
         assert_eq!(s.history.len(), 4);
+        s.apply_patience(3);
+        assert!(!s.stopped_early, "a larger patience continues the run");
+        s.apply_patience(2);
+        assert!(
+            s.stopped_early,
+            "two epochs waited: patience 2 still ends it"
+        );
     }
 
     #[test]
