@@ -131,7 +131,6 @@ struct LoopState {
     wait: usize,
     adam_t: u64,
     history: Vec<EpochRecord>,
-    stopped_early: bool,
     /// The learning rate now, when ReduceLROnPlateau lowered it.
     #[serde(default)]
     lr: Option<f32>,
@@ -166,8 +165,7 @@ impl LoopState {
         self.epoch += 1;
         self.step = 0;
         (self.loss_sum, self.correct, self.seen, self.seconds) = (0.0, 0, 0, 0.0);
-        if self.wait >= config.patience {
-            self.stopped_early = true;
+        if self.stopped_early(config) {
             said.push(format!(
                 "early stopping: no better validation loss for {} epochs",
                 config.patience
@@ -176,10 +174,11 @@ impl LoopState {
         said
     }
 
-    /// On resume, judge early stopping by the patience now in force: a larger
-    /// one continues a run it ended, a smaller one ends a run that waited that long.
-    fn apply_patience(&mut self, patience: usize) {
-        self.stopped_early = self.wait >= patience;
+    /// Early stopping, judged by the patience in force: on resume a larger one
+    /// continues a run it ended (resume files from before this kept a
+    /// `stopped_early` flag, which is ignored).
+    fn stopped_early(&self, config: &RunConfig) -> bool {
+        self.wait >= config.patience
     }
 }
 
@@ -356,8 +355,7 @@ fn open_trainer(
             LoopState::default(),
         ));
     }
-    let (model, mut state, m, v, trained_on) = load_resume(gpu, &resume, arch)?;
-    state.apply_patience(config.patience);
+    let (model, state, m, v, trained_on) = load_resume(gpu, &resume, arch)?;
     if let Some(then) = trained_on.filter(|t| t.data != data.trained_on.data) {
         bail!(
             "{} has changed since the run in {} started ({} bytes then, {} now; SHA-256 {} then, \
@@ -375,7 +373,7 @@ fn open_trainer(
         state.epoch + 1,
         state.step
     ));
-    if state.stopped_early && state.epoch < config.epochs {
+    if state.stopped_early(config) && state.epoch < config.epochs {
         log.say(format!(
             "early stopping ended this run ({} epochs without a better validation loss); \
              --patience N with N above {} continues it",
@@ -431,7 +429,7 @@ impl Session<'_> {
     /// Train epoch after epoch until the last one, early stopping, or an interrupt.
     fn epochs(&self, trainer: &mut Trainer, state: &mut LoopState) -> Result<Ended> {
         let mut clock = RunClock::new(self.steps(), self.config.epochs);
-        while state.epoch < self.config.epochs && !state.stopped_early {
+        while state.epoch < self.config.epochs && !state.stopped_early(self.config) {
             let started = Instant::now();
             let seconds_before = state.seconds;
             if let Ended::Interrupted = self.train_epoch(trainer, state, &mut clock)? {
@@ -1116,16 +1114,13 @@ mod tests {
         let r = epoch(&s, 0.85);
         let said = s.end_epoch(r, &c);
         assert!(
-            s.stopped_early && said[0].contains("early stopping"),
+            s.stopped_early(&c) && said[0].contains("early stopping"),
             "{said:?}"
         );
         assert_eq!(s.history.len(), 4);
-        s.apply_patience(3);
-        assert!(!s.stopped_early, "a larger patience continues the run");
-        s.apply_patience(2);
         assert!(
-            s.stopped_early,
-            "two epochs waited: patience 2 still ends it"
+            !s.stopped_early(&config(3, None)),
+            "a larger patience continues the run"
         );
     }
 
