@@ -596,21 +596,35 @@ fn numeric_flags_take_negative_numbers_and_refuse_them_with_the_reason() {
     );
 }
 
-/// `--arch fine --cosine`: the run trains the fine graph, records it in its
-/// config, its weights and the recipe, lowers the learning rate along the
-/// cosine once per epoch, and `summary --model` reads the graph back.
+/// `--arch fine --cosine --label-smoothing 0.1`: the run trains the fine graph,
+/// records it and the smoothing in its config, its weights and the recipe, lowers
+/// the learning rate along the cosine once per epoch, and `summary --model` reads
+/// the graph back.
 #[test]
 fn train_arch_fine_with_the_cosine_schedule() {
     let dir = temp_dir("fine");
     let run = dir.join("run");
     let data = sample_csv();
-    let o = train_on_sample(&run, 3, 2, &["--quiet", "--arch", "fine", "--cosine"]);
+    let flags = [
+        "--quiet",
+        "--arch",
+        "fine",
+        "--cosine",
+        "--label-smoothing",
+        "0.1",
+    ];
+    let o = train_on_sample(&run, 3, 2, &flags);
     assert!(o.status.success(), "train failed:\n{}", text(&o));
     let config: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(run.join("config.json")).unwrap()).unwrap();
     assert_eq!(
         (&config["arch"], &config["cosine"]),
         (&"fine".into(), &true.into())
+    );
+    approx::assert_relative_eq!(
+        config["label_smoothing"].as_f64().unwrap(),
+        0.1,
+        max_relative = 1e-6
     );
     let history = std::fs::read_to_string(run.join("history.csv")).unwrap();
     let rates = history
@@ -627,6 +641,10 @@ fn train_arch_fine_with_the_cosine_schedule() {
     assert_eq!(meta["arch"], "fine");
     let recipe: serde_json::Value = serde_json::from_str(&meta["training"]).unwrap();
     assert_eq!(recipe["recipe"]["arch"], "fine", "{recipe}");
+    assert!(
+        recipe["recipe"]["label_smoothing"].as_f64().unwrap() > 0.09,
+        "{recipe}"
+    );
     let dense = shapes
         .iter()
         .find(|(n, _)| n == "Dense_final.kernel")

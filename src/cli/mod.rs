@@ -149,6 +149,16 @@ pub fn positive(s: &str) -> Result<f32, String> {
     }
 }
 
+/// A fraction in [0, 1).
+pub fn fraction(s: &str) -> Result<f32, String> {
+    let t = s.trim();
+    match t.parse::<f32>() {
+        Ok(v) if (0.0..1.0).contains(&v) => Ok(v),
+        Ok(_) => Err(format!("{t} is not in [0, 1)")),
+        Err(_) => Err(format!("'{t}' is not a number")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

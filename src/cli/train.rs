@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 
 use anyhow::{Context, Result};
 
-use super::{class_count, count, positive, whole};
+use super::{class_count, count, fraction, positive, whole};
 use wgfer::fer::data;
 use wgfer::fer::model::ArchKind;
 use wgfer::fer::train::{self, RunConfig, TrainRequest};
@@ -61,6 +61,11 @@ pub struct Args {
     /// pixels, about twice the tutorial's work per image).
     #[arg(long, value_enum, default_value_t = ArchKind::Tutorial)]
     arch: ArchKind,
+    /// Label smoothing: train towards 1 - E + E/K on the true class and E/K on
+    /// each of the K classes (0 = one-hot, the tutorial's). Validation and test
+    /// loss stay plain cross-entropy on the true labels.
+    #[arg(long, value_name = "E", default_value_t = 0.0, value_parser = fraction)]
+    label_smoothing: f32,
     /// Train on the images as they are (no rotation, shift, shear or zoom).
     #[arg(long)]
     no_augment: bool,
@@ -117,6 +122,7 @@ impl Args {
             reduce_lr_patience: self.reduce_lr_patience,
             cosine: self.cosine,
             arch: self.arch,
+            label_smoothing: self.label_smoothing,
         }))
     }
 }

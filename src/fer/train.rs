@@ -60,6 +60,10 @@ pub struct RunConfig {
     /// The layer graph trained (runs from before it existed: the tutorial's).
     #[serde(default)]
     pub arch: ArchKind,
+    /// Label smoothing ε of the training targets (0 = one-hot, as in the tutorial;
+    /// validation and test always score against the true labels).
+    #[serde(default)]
+    pub label_smoothing: f32,
 }
 
 impl RunConfig {
@@ -347,13 +351,15 @@ fn open_trainer(
         lr: config.lr,
         ..AdamConfig::default()
     };
+    let trainer_of = |model| -> Result<Trainer> {
+        let mut trainer = Trainer::new(model, config.batch_size, adam)?;
+        trainer.label_smoothing = config.label_smoothing;
+        Ok(trainer)
+    };
     let resume = req.out.join(RESUME);
     if !(req.resume && resume.exists()) {
         let model = Model::new(gpu, arch, config.seed)?;
-        return Ok((
-            Trainer::new(model, config.batch_size, adam)?,
-            LoopState::default(),
-        ));
+        return Ok((trainer_of(model)?, LoopState::default()));
     }
     let (model, state, m, v, trained_on) = load_resume(gpu, &resume, arch)?;
     if let Some(then) = trained_on.filter(|t| t.data != data.trained_on.data) {
@@ -380,7 +386,7 @@ fn open_trainer(
             state.wait, state.wait
         ));
     }
-    let mut trainer = Trainer::new(model, config.batch_size, adam)?;
+    let mut trainer = trainer_of(model)?;
     trainer.adam.load_state(gpu, state.adam_t, &m, &v)?;
     Ok((trainer, state))
 }
@@ -1056,6 +1062,7 @@ mod tests {
             reduce_lr_patience: reduce,
             cosine: false,
             arch: ArchKind::Tutorial,
+            label_smoothing: 0.0,
         }
     }
 

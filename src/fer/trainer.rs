@@ -35,6 +35,9 @@ pub struct Trainer {
     pub model: Model,
     pub adam: Adam,
     pub batch: usize,
+    /// Label smoothing ε: the targets give the true class 1 - ε + ε/K and every
+    /// other class ε/K (0 = one-hot, as in the tutorial).
+    pub label_smoothing: f32,
     images: Tensor,
     targets: Tensor,
     /// [loss, correct, flag] gathered for one read-back.
@@ -62,6 +65,7 @@ impl Trainer {
             model,
             adam,
             batch,
+            label_smoothing: 0.0,
             images,
             targets,
             report,
@@ -84,9 +88,10 @@ impl Trainer {
             self.batch
         );
         gpu.write(&self.images, images)?;
+        let classes = self.model.arch.num_classes;
         gpu.write(
             &self.targets,
-            &one_hot(labels, self.model.arch.num_classes)?,
+            &smoothed_targets(labels, classes, self.label_smoothing)?,
         )?;
         gpu.write(&self.adam.flag, &[0.0])?;
         self.adam.prepare(&gpu)?;
@@ -113,14 +118,34 @@ impl Trainer {
     }
 }
 
-pub fn one_hot(labels: &[u8], classes: usize) -> Result<Vec<f32>> {
-    let mut t = vec![0.0; labels.len() * classes];
+/// The targets of `labels` [n × classes]: one-hot with `smoothing` 0, else each
+/// row `smoothing / classes` everywhere plus `1 - smoothing` on the true class
+/// (still a distribution whose argmax is the label, so the step's correct count holds).
+pub fn smoothed_targets(labels: &[u8], classes: usize, smoothing: f32) -> Result<Vec<f32>> {
+    let mut t = vec![smoothing / classes as f32; labels.len() * classes];
     for (i, &l) in labels.iter().enumerate() {
         ensure!(
             (l as usize) < classes,
             "label {l} is out of range for {classes} classes"
         );
-        t[i * classes + l as usize] = 1.0;
+        t[i * classes + l as usize] += 1.0 - smoothing;
     }
     Ok(t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn smoothed_targets_are_distributions_peaked_at_the_label() {
+        assert_eq!(
+            smoothed_targets(&[2, 0], 3, 0.0).unwrap(),
+            [0.0, 0.0, 1.0, 1.0, 0.0, 0.0]
+        );
+        let t = smoothed_targets(&[1], 4, 0.2).unwrap();
+        assert_eq!(t, [0.05, 0.85, 0.05, 0.05]);
+        assert!((t.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        assert!(smoothed_targets(&[4], 4, 0.1).is_err());
+    }
 }
