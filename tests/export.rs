@@ -154,7 +154,7 @@ fn the_recorded_inference_replays_to_the_native_probabilities() {
     let names = wgfer::fer::data::default_class_names(5);
     for batch in [1, 3] {
         let pixels = &ds.pixels[..batch * PIXELS];
-        let want = infer::probabilities(&model, pixels, batch, false).unwrap();
+        let want = infer::probabilities(&model, pixels, batch, infer::Tta::None).unwrap();
         let plan = export::record(&model, &names, batch).unwrap();
         assert_eq!(plan.output.size as usize, batch * 5 * 4);
         let images: Vec<f32> = pixels.iter().map(|&p| p as f32 / 255.0).collect();

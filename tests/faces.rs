@@ -9,6 +9,7 @@ use wgfer::fer::faces::{
     ASTRONAUT_JPG, AnalyzeOptions, CHELSEA_JPG, COFFEE_JPG, FaceDetector, GRACE_HOPPER_JPG,
     ImageFaces, analyze_image, collage, collage_jpeg,
 };
+use wgfer::fer::infer::Tta;
 use wgfer::fer::model::Model;
 use wgfer::fer::models::{FER5, ModelChoice};
 use wgfer::fer::predict::{bench_photos, classify_images, predict_image_bytes};
@@ -96,7 +97,7 @@ fn the_astronaut_smiles_and_all_faces_share_one_gpu_batch() {
         &model,
         &names,
         AnalyzeOptions::default(),
-        false,
+        Tta::None,
     )
     .unwrap();
     assert_eq!(report.faces.len(), 1);
@@ -110,12 +111,12 @@ fn the_astronaut_smiles_and_all_faces_share_one_gpu_batch() {
         .chain([analyze(&collage_jpeg().unwrap())])
         .collect();
     let refs: Vec<&ImageFaces> = pictures.iter().collect();
-    let one = classify_images(&model, &refs[..1], false).unwrap();
+    let one = classify_images(&model, &refs[..1], Tta::None).unwrap();
     let before = model.gpu.stats().dispatches;
-    classify_images(&model, &refs[..1], false).unwrap();
+    classify_images(&model, &refs[..1], Tta::None).unwrap();
     let single = model.gpu.stats().dispatches - before;
     let before = model.gpu.stats().dispatches;
-    let all = classify_images(&model, &refs, false).unwrap();
+    let all = classify_images(&model, &refs, Tta::None).unwrap();
     let batched = model.gpu.stats().dispatches - before;
     assert_eq!(
         batched, single,

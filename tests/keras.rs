@@ -69,7 +69,7 @@ fn predict(weights: &Path) -> Vec<f32> {
     let gpu = common::gpu();
     let (model, _) = Model::load(&gpu, weights).unwrap_or_else(|e| panic!("{e:#}"));
     let n = keras_predictions().len();
-    infer::probabilities(&model, &faces(n), 64, false).unwrap()
+    infer::probabilities(&model, &faces(n), 64, infer::Tta::None).unwrap()
 }
 
 /// The values make_fixtures.py gave the k-th weight tensor of the small model.

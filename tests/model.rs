@@ -175,6 +175,58 @@ fn forward_gives_a_probability_row_per_image() {
     }
 }
 
+/// Test-time augmentation averages the plain predictions of its views: `Shift`'s ten
+/// (the face and its mirror, each as is and moved 2 pixels each way, borders
+/// repeated) are built here by hand and classified one by one.
+#[test]
+fn test_time_augmentation_averages_the_views() {
+    use wgfer::fer::infer::{Tta, probabilities};
+    let gpu = common::gpu();
+    let model = Model::new(&gpu, Architecture::resnet(5), 3).unwrap();
+    let mut rng = common::rng();
+    let faces: Vec<u8> = (0..2 * 2304)
+        .map(|_| rand::RngExt::random::<u8>(&mut rng))
+        .collect();
+    let px =
+        |face: &[u8], y: isize, x: isize| face[(y.clamp(0, 47) * 48 + x.clamp(0, 47)) as usize];
+    let view = |face: &[u8], mirror: bool, dx: isize, dy: isize| -> Vec<u8> {
+        let m = |y, x| {
+            if mirror {
+                px(face, y, 47 - x)
+            } else {
+                px(face, y, x)
+            }
+        };
+        (0..48 * 48)
+            .map(|i| m(i / 48 - dy, (i % 48 - dx).clamp(0, 47)))
+            .collect()
+    };
+    let plain = |img: &[u8]| probabilities(&model, img, 8, Tta::None).unwrap();
+    let moves = [(0, 0), (-2, 0), (2, 0), (0, -2), (0, 2)];
+    for (tta, moves) in [(Tta::Flip, &moves[..1]), (Tta::Shift, &moves[..])] {
+        let got = probabilities(&model, &faces, 8, tta).unwrap();
+        for (face, got) in faces.chunks(2304).zip(got.chunks(5)) {
+            let mut want = [0f32; 5];
+            let mut views = 0.0;
+            for mirror in [false, true] {
+                for &(dx, dy) in moves {
+                    let p = plain(&view(face, mirror, dx, dy));
+                    want.iter_mut().zip(p).for_each(|(w, p)| *w += p);
+                    views += 1.0;
+                }
+            }
+            for (g, w) in got.iter().zip(want) {
+                approx::assert_relative_eq!(*g, w / views, max_relative = 1e-5);
+            }
+        }
+        let none = probabilities(&model, &faces, 8, Tta::None).unwrap();
+        assert!(
+            none.iter().zip(&got).any(|(a, b)| (a - b).abs() > 1e-4),
+            "{tta:?} changes nothing"
+        );
+    }
+}
+
 /// `wgfer bench` profiles the real training step: every layer that runs a
 /// kernel appears with its forward and backward dispatches, products carry
 /// GFLOP/s, and each row's share is its GPU time over the step's wall time.

@@ -5,9 +5,10 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 
-use super::{Tta, class_count, model_choice, open_gpu, whole};
+use super::{class_count, model_choice, open_gpu, whole};
 use wgfer::fer::data::{self, DataFingerprint, Dataset, LoadOptions, SplitName};
 use wgfer::fer::eval;
+use wgfer::fer::infer::Tta;
 use wgfer::fer::model::Model;
 use wgfer::fer::models::{self, ModelChoice, ResolvedModel};
 use wgfer::fer::provenance::TrainedOn;
@@ -112,7 +113,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     if ds.is_empty() {
         bail!("no faces to evaluate in {}", t.data.display());
     }
-    let e = eval::evaluate(&model, &ds, &class_names, a.tta == Tta::Flip)?;
+    let e = eval::evaluate(&model, &ds, &class_names, a.tta)?;
     if a.json {
         let mut j = serde_json::to_value(e.to_json())?;
         // true / false, or null when the weights do not record their training data.

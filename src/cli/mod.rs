@@ -16,7 +16,7 @@ use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Result;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 
 use wgfer::engine::Gpu;
 use wgfer::fer::models::ModelChoice;
@@ -76,15 +76,6 @@ impl Cli {
             Command::ExportWeb(a) => export_web::run(a),
         }
     }
-}
-
-/// Test-time augmentation.
-#[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
-pub enum Tta {
-    /// The image alone.
-    None,
-    /// Average the prediction over the image and its mirror.
-    Flip,
 }
 
 /// The GPU, with a one-line notice on stderr when it is a software adapter (not with

@@ -8,9 +8,10 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::{Tta, model_choice, open_gpu};
+use super::{model_choice, open_gpu};
 use wgfer::fer::annotate;
 use wgfer::fer::faces::AnalyzeOptions;
+use wgfer::fer::infer::Tta;
 use wgfer::fer::model::Model;
 use wgfer::fer::models::{self, ModelChoice};
 use wgfer::fer::predict::{self, Answer, Predictor};
@@ -84,7 +85,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
             detect: !a.no_detect,
             keep_image: a.annotate.is_some(),
         },
-        tta_flip: a.tta == Tta::Flip,
+        tta: a.tta,
         workers: match a.threads {
             Some(n) => n as usize,
             None => std::thread::available_parallelism().map_or(1, |n| n.get().min(8)),

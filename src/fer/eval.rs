@@ -5,7 +5,7 @@ use anyhow::Result;
 use serde::Serialize;
 
 use crate::fer::data::Dataset;
-use crate::fer::infer;
+use crate::fer::infer::{self, Tta};
 use crate::fer::model::Model;
 
 /// Inference batch size: large batches amortise per-dispatch costs.
@@ -97,9 +97,9 @@ pub fn evaluate(
     model: &Model,
     ds: &Dataset,
     class_names: &[String],
-    tta_flip: bool,
+    tta: Tta,
 ) -> Result<Evaluation> {
-    let probs = infer::probabilities(model, &ds.pixels, EVAL_BATCH, tta_flip)?;
+    let probs = infer::probabilities(model, &ds.pixels, EVAL_BATCH, tta)?;
     Ok(score(&probs, &ds.labels, class_names))
 }
 

@@ -23,7 +23,7 @@ use crate::fer::data::{self, LoadOptions, PIXELS};
 use crate::fer::eval::EVAL_BATCH;
 use crate::fer::faces::{AnalyzeOptions, FaceDetector, FoundFace, ImageFaces, analyze_image};
 use crate::fer::image_input::read_file;
-use crate::fer::infer;
+use crate::fer::infer::{self, Tta};
 use crate::fer::model::Model;
 
 // ---------------------------------------------------------------------------
@@ -156,7 +156,7 @@ impl Answer {
 // Classification, batched across pictures.
 
 /// Class probabilities for 48x48 faces, `EVAL_BATCH` per dispatch chain.
-pub fn classify(model: &Model, faces: &[&[u8]], tta_flip: bool) -> Result<Vec<Vec<f32>>> {
+pub fn classify(model: &Model, faces: &[&[u8]], tta: Tta) -> Result<Vec<Vec<f32>>> {
     if faces.is_empty() {
         return Ok(vec![]);
     }
@@ -165,7 +165,7 @@ pub fn classify(model: &Model, faces: &[&[u8]], tta_flip: bool) -> Result<Vec<Ve
         "a face must have {PIXELS} pixels"
     );
     let pixels: Vec<u8> = faces.concat();
-    let probs = infer::probabilities(model, &pixels, EVAL_BATCH, tta_flip)?;
+    let probs = infer::probabilities(model, &pixels, EVAL_BATCH, tta)?;
     Ok(probs
         .chunks(model.arch.num_classes)
         .map(<[f32]>::to_vec)
@@ -177,13 +177,13 @@ pub fn classify(model: &Model, faces: &[&[u8]], tta_flip: bool) -> Result<Vec<Ve
 pub fn classify_images(
     model: &Model,
     images: &[&ImageFaces],
-    tta_flip: bool,
+    tta: Tta,
 ) -> Result<Vec<Vec<Vec<f32>>>> {
     let faces: Vec<&[u8]> = images
         .iter()
         .flat_map(|i| i.faces.iter().map(|f| f.pixels.as_slice()))
         .collect();
-    let mut probs = classify(model, &faces, tta_flip)?.into_iter();
+    let mut probs = classify(model, &faces, tta)?.into_iter();
     Ok(images
         .iter()
         .map(|i| probs.by_ref().take(i.faces.len()).collect())
@@ -241,10 +241,10 @@ pub fn predict_image_bytes(
     model: &Model,
     class_names: &[String],
     opts: AnalyzeOptions,
-    tta_flip: bool,
+    tta: Tta,
 ) -> Result<ImageReport> {
     let image = analyze_image(bytes, detector, opts)?;
-    let probs = classify_images(model, &[&image], tta_flip)?;
+    let probs = classify_images(model, &[&image], tta)?;
     Ok(image_report(input, "", &image, &probs[0], class_names))
 }
 
@@ -328,7 +328,7 @@ pub struct Predictor<'a> {
     pub model_name: &'a str,
     pub class_names: &'a [String],
     pub options: AnalyzeOptions,
-    pub tta_flip: bool,
+    pub tta: Tta,
     /// Threads reading pictures and searching them for faces.
     pub workers: usize,
 }
@@ -465,7 +465,7 @@ impl Predictor<'_> {
         summary: &mut RunSummary,
     ) -> Result<()> {
         let ok: Vec<&ImageFaces> = chunk.iter().filter_map(|p| p.faces.as_ref().ok()).collect();
-        let mut probs = classify_images(self.model, &ok, self.tta_flip)?.into_iter();
+        let mut probs = classify_images(self.model, &ok, self.tta)?.into_iter();
         for p in chunk.drain(..) {
             summary.inputs += 1;
             match p.faces {
@@ -559,7 +559,7 @@ pub fn bench_photos(model: &Model, reps: usize) -> Result<PhotoBench> {
 
         let t = Instant::now();
         let image = analyze_image(&big, &mut detector, AnalyzeOptions::default())?;
-        classify_images(model, &[&image], false)?;
+        classify_images(model, &[&image], Tta::None)?;
         times[1].push(ms(t));
         faces_found = image.faces.len();
 
@@ -577,7 +577,7 @@ pub fn bench_photos(model: &Model, reps: usize) -> Result<PhotoBench> {
         classify(
             model,
             &crops.iter().map(Vec::as_slice).collect::<Vec<_>>(),
-            false,
+            Tta::None,
         )?;
         times[5].push(ms(t));
     }

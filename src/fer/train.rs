@@ -23,6 +23,7 @@ use crate::fer::checkpoint::{self, NamedTensor};
 use crate::fer::data::{self, Dataset, LoadOptions, PIXELS};
 use crate::fer::eval::{self, Evaluation};
 use crate::fer::files::write_atomic;
+use crate::fer::infer::Tta;
 use crate::fer::model::{ArchKind, Architecture, Model, group};
 use crate::fer::provenance::TrainedOn;
 use crate::fer::report;
@@ -548,7 +549,12 @@ impl Session<'_> {
         clock: &RunClock,
     ) -> Result<()> {
         let config = self.config;
-        let v = eval::evaluate(&trainer.model, &self.data.val, &config.class_names, false)?;
+        let v = eval::evaluate(
+            &trainer.model,
+            &self.data.val,
+            &config.class_names,
+            Tta::None,
+        )?;
         let record = EpochRecord {
             epoch: state.epoch + 1,
             train_loss: state.loss_sum / state.seen as f64,
@@ -597,7 +603,7 @@ impl Session<'_> {
     fn test_best(&self, gpu: &Gpu, state: &LoopState) -> Result<Outcome> {
         let (out, test) = (self.out(), &self.data.test);
         let (best, _) = Model::load(gpu, &out.join(BEST))?;
-        let result = eval::evaluate(&best, test, &self.config.class_names, false)?;
+        let result = eval::evaluate(&best, test, &self.config.class_names, Tta::None)?;
         self.log.say(format!(
             "best epoch {} (val_loss {:.4}); test split:\n{}",
             state.best_epoch.unwrap_or(0),

@@ -32,7 +32,7 @@ use tokio::net::TcpListener;
 
 use crate::engine::{Gpu, Kernels};
 use crate::fer::image_input::FACE_PIXELS;
-use crate::fer::infer;
+use crate::fer::infer::{self, Tta};
 use crate::fer::model::Model;
 use crate::fer::models::ResolvedModel;
 use crate::fer::web::{self, SiteFile};
@@ -61,10 +61,10 @@ pub fn run(gpu: &Gpu, config: Config) -> Result<()> {
     };
     // The first inference builds the GPU pipelines: do it now, not in the
     // first client's request.
-    infer::probabilities(&model, &[0; FACE_PIXELS], 1, false)
+    infer::probabilities(&model, &[0; FACE_PIXELS], 1, Tta::None)
         .context("the model's first inference failed")?;
     let batcher = Batcher::start(config.batch, move |pixels: &[u8], count: usize| {
-        infer::probabilities(&model, pixels, count, false)
+        infer::probabilities(&model, pixels, count, Tta::None)
     })?;
     let site = browser_site(gpu, &config.model)?;
     let stats = Arc::clone(&batcher.stats);
