@@ -1086,11 +1086,14 @@ fn gemm_and_conv_with_the_relu_epilogue() {
                 relu: true,
                 ..Gemm::new(m, n, k, Strides::rows(k))
             };
-            let (a, b, bias) = (
+            let (a, b, mut bias) = (
                 random(&mut rng, m * k),
                 random(&mut rng, k * n),
                 random(&mut rng, n),
             );
+            // One column all below zero and one all above, whatever the draw (a 5x3
+            // product can come out all one sign): both sides of the ReLU are checked.
+            (bias[0], bias[1]) = (-100.0, 100.0);
             let c = gpu.empty(&[m, n]).unwrap();
             g.run(
                 &gpu,
