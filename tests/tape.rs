@@ -677,6 +677,29 @@ fn adam_fits_a_separable_problem() {
     );
 }
 
+/// Label smoothing reaches the step: the loss is linear in the targets, so from one
+/// model and batch the loss with ε = 0.5 is the mean of those with one-hot (ε = 0) and
+/// uniform (ε = 1) targets, and the two differ.
+#[test]
+fn label_smoothing_sets_the_targets_of_the_step() {
+    let gpu = common::gpu();
+    let mut rng = rng();
+    let batch = 4;
+    let images: Vec<f32> = (0..batch * PIXELS)
+        .map(|_| rng.random_range(0.0..1.0))
+        .collect();
+    let labels: Vec<u8> = (0..batch).map(|_| rng.random_range(0..5u8)).collect();
+    let loss = |smoothing: f32| {
+        let model = Model::new(&gpu, Architecture::resnet(5), 0).unwrap();
+        let mut trainer = Trainer::new(model, batch, AdamConfig::default()).unwrap();
+        trainer.label_smoothing = smoothing;
+        trainer.step(&images, &labels).unwrap().loss as f64
+    };
+    let (one_hot, half, uniform) = (loss(0.0), loss(0.5), loss(1.0));
+    assert!((one_hot - uniform).abs() > 1e-3, "{one_hot} {uniform}");
+    approx::assert_relative_eq!(half, 0.5 * (one_hot + uniform), max_relative = 1e-4);
+}
+
 // ------------------------------------------------------------------ 5. steady state
 
 #[test]

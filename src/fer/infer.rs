@@ -79,17 +79,18 @@ pub fn probabilities(model: &Model, pixels: &[u8], batch: usize, tta: Tta) -> Re
     let gpu = &model.gpu;
     let views = tta.views();
     let mut probs = Vec::with_capacity(n * model.arch.num_classes);
-    let mut faces = vec![0f32; batch.min(n.max(1)) * PIXELS];
-    let mut input = faces.clone();
+    let mut faces_buf = vec![0f32; batch.min(n.max(1)) * PIXELS];
+    let mut seen_buf = faces_buf.clone();
     for start in (0..n).step_by(batch.max(1)) {
         let count = batch.min(n - start);
         let chunk = &pixels[start * PIXELS..(start + count) * PIXELS];
-        let (x, seen) = (&mut faces[..count * PIXELS], &mut input[..count * PIXELS]);
-        to_f32(chunk, x);
+        let faces = &mut faces_buf[..count * PIXELS];
+        let seen = &mut seen_buf[..count * PIXELS];
+        to_f32(chunk, faces);
         let mut sum = vec![0f32; count * model.arch.num_classes];
         for &view in &views {
             // The plain view is a copy too: 2,304 values a face, nothing beside the model.
-            for (face, out) in x.chunks(PIXELS).zip(seen.chunks_mut(PIXELS)) {
+            for (face, out) in faces.chunks(PIXELS).zip(seen.chunks_mut(PIXELS)) {
                 look(face, view, out);
             }
             let p = infer(model, gpu, seen, count)?;
@@ -111,6 +112,10 @@ fn infer(model: &Model, gpu: &Gpu, x: &[f32], count: usize) -> Result<Vec<f32>> 
 mod tests {
     use super::*;
 
+    fn view(mirror: bool, dx: isize, dy: isize) -> View {
+        View { mirror, dx, dy }
+    }
+
     #[test]
     fn the_views_of_each_mode() {
         assert_eq!(Tta::None.views().len(), 1);
@@ -118,11 +123,7 @@ mod tests {
         let shift = Tta::Shift.views();
         assert_eq!(shift.len(), 10);
         assert_eq!(shift.iter().filter(|v| v.mirror).count(), 5);
-        assert!(shift.contains(&View {
-            mirror: true,
-            dx: 0,
-            dy: -SHIFT
-        }));
+        assert!(shift.contains(&view(true, 0, -SHIFT)));
     }
 
     #[test]
@@ -130,50 +131,18 @@ mod tests {
         let face: Vec<f32> = (0..PIXELS).map(|i| i as f32).collect();
         let at = |img: &[f32], y: usize, x: usize| img[y * SIDE + x];
         let mut out = vec![f32::NAN; PIXELS];
-        look(
-            &face,
-            View {
-                mirror: false,
-                dx: 0,
-                dy: 0,
-            },
-            &mut out,
-        );
+        look(&face, view(false, 0, 0), &mut out);
         assert_eq!(out, face);
-        look(
-            &face,
-            View {
-                mirror: true,
-                dx: 0,
-                dy: 0,
-            },
-            &mut out,
-        );
+        look(&face, view(true, 0, 0), &mut out);
         assert_eq!(at(&out, 3, 0), at(&face, 3, SIDE - 1));
         // Moved 2 right and 2 up: the left columns repeat column 0, the bottom rows the last row.
-        look(
-            &face,
-            View {
-                mirror: false,
-                dx: 2,
-                dy: -2,
-            },
-            &mut out,
-        );
+        look(&face, view(false, 2, -2), &mut out);
         assert_eq!(at(&out, 10, 5), at(&face, 12, 3));
         assert_eq!(at(&out, 10, 0), at(&face, 12, 0));
         assert_eq!(at(&out, 10, 1), at(&face, 12, 0));
         assert_eq!(at(&out, SIDE - 1, 7), at(&face, SIDE - 1, 5));
         // Mirrored and moved 2 right: out(y, x) = mirror(y, x - 2).
-        look(
-            &face,
-            View {
-                mirror: true,
-                dx: 2,
-                dy: 0,
-            },
-            &mut out,
-        );
+        look(&face, view(true, 2, 0), &mut out);
         assert_eq!(at(&out, 4, 9), at(&face, 4, SIDE - 1 - 7));
     }
 }
