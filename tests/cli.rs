@@ -673,6 +673,126 @@ fn train_arch_fine_with_the_cosine_schedule() {
     );
 }
 
+/// The tensor `name` of a weights file.
+fn tensor_of(path: &Path, name: &str) -> Vec<f32> {
+    let (_, _, weights) = wgfer::fer::model::read_weights(path).unwrap();
+    let t = weights.tensors.into_iter().find(|t| t.name == name);
+    t.unwrap_or_else(|| panic!("{} has no {name}", path.display()))
+        .data
+}
+
+/// `train --init` starts from given weights (at a learning rate too small to move
+/// them, epoch 1's weights are still those), `--keep-epochs` keeps each epoch's
+/// weights, `average` writes their mean with a recipe naming them, and `--force`
+/// clears an old run's epochs.
+#[test]
+fn fine_tune_keep_epochs_and_average_them() {
+    let dir = temp_dir("average");
+    let (first, tuned) = (dir.join("first"), dir.join("tuned"));
+    let o = train_on_sample(&first, 1, 2, &["--quiet"]);
+    assert!(o.status.success(), "train failed:\n{}", text(&o));
+    let start = first.join("best.safetensors");
+    let o = train_on_sample(
+        &tuned,
+        2,
+        2,
+        &[
+            "--quiet",
+            "--init",
+            s(&start),
+            "--lr",
+            "1e-9",
+            "--keep-epochs",
+        ],
+    );
+    assert!(o.status.success(), "fine-tune failed:\n{}", text(&o));
+    let (one, two) = (
+        tuned.join("epoch-001.safetensors"),
+        tuned.join("epoch-002.safetensors"),
+    );
+    let kernel = "Dense_final.kernel";
+    let (w0, w1) = (tensor_of(&start, kernel), tensor_of(&one, kernel));
+    let moved = w0
+        .iter()
+        .zip(&w1)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(
+        moved < 1e-6,
+        "--init was not the starting point: moved {moved}"
+    );
+    let config = std::fs::read_to_string(tuned.join("config.json")).unwrap();
+    assert!(config.contains("\"keep_epochs\": true"), "{config}");
+
+    let avg = dir.join("avg.safetensors");
+    let o = wgfer(&["average", s(&one), s(&two), "--out", s(&avg)]);
+    assert!(o.status.success(), "average failed:\n{}", text(&o));
+    let name = "bn_conv1.moving_mean";
+    let (a, b, m) = (
+        tensor_of(&one, name),
+        tensor_of(&two, name),
+        tensor_of(&avg, name),
+    );
+    assert!(
+        a != b,
+        "the two epochs' statistics are equal: nothing to average"
+    );
+    for ((a, b), m) in a.iter().zip(&b).zip(&m) {
+        approx::assert_relative_eq!(*m, (a + b) / 2.0, max_relative = 1e-6, epsilon = 1e-7);
+    }
+    let (meta, _) = checkpoint::peek(&std::fs::read(&avg).unwrap(), "avg").unwrap();
+    let record: serde_json::Value = serde_json::from_str(&meta["training"]).unwrap();
+    assert_eq!(
+        record["recipe"]["averaged"],
+        serde_json::json!(["epoch-001.safetensors", "epoch-002.safetensors"])
+    );
+    let o = wgfer(&[
+        "eval",
+        "--model",
+        s(&avg),
+        "--data",
+        s(&sample_csv()),
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "eval of the mean failed:\n{}", text(&o));
+
+    // Models of other graphs or classes do not average, nor start a run of another graph.
+    let fer7 = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/fer7.safetensors");
+    fails_with(
+        &["average", s(&one), s(&fer7), "--out", s(&avg)],
+        "one layer graph",
+    );
+    let o = train_on_sample(
+        &dir.join("x"),
+        1,
+        1,
+        &["--init", s(&start), "--arch", "fine"],
+    );
+    let log = text(&o);
+    assert!(
+        !o.status.success() && log.contains("its layer graph is `tutorial`"),
+        "{log}"
+    );
+    fails_with(
+        &[
+            "train",
+            "--data",
+            s(&sample_csv()),
+            "--out",
+            s(&dir.join("y")),
+            "--init",
+            s(&dir.join("none")),
+        ],
+        "no such file",
+    );
+    let o = train_on_sample(&tuned, 1, 1, &["--quiet", "--force"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        !one.exists() && !two.exists(),
+        "--force left the old run's epochs"
+    );
+}
+
 #[test]
 fn a_run_records_its_data_and_eval_warns_when_it_scores_training_rows() {
     let dir = temp_dir("provenance");

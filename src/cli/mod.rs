@@ -1,6 +1,7 @@
 //! The command line: one module per subcommand, each a clap `Args` struct and
 //! a small `run` that calls into the tool (`wgfer::fer`). Nothing else lives here.
 
+pub mod average;
 pub mod bench;
 pub mod convert;
 pub mod eval;
@@ -58,6 +59,7 @@ enum Command {
     Serve(serve::Args),
     Info(info::Args),
     Convert(convert::Args),
+    Average(average::Args),
     ExportWeb(export_web::Args),
 }
 
@@ -73,6 +75,7 @@ impl Cli {
             Command::Serve(a) => serve::run(a),
             Command::Info(a) => info::run(a),
             Command::Convert(a) => convert::run(a),
+            Command::Average(a) => average::run(a),
             Command::ExportWeb(a) => export_web::run(a),
         }
     }

@@ -66,6 +66,16 @@ pub struct Args {
     /// loss stay plain cross-entropy on the true labels.
     #[arg(long, value_name = "E", default_value_t = 0.0, value_parser = fraction)]
     label_smoothing: f32,
+    /// Start from these weights (a model file: `fer5`, `fer7`'s path, a run's
+    /// best.safetensors) instead of seeded random ones: a fine-tune. Its layer
+    /// graph and classes must be the run's (--arch, the data's classes); Adam
+    /// starts afresh.
+    #[arg(long, value_name = "FILE", conflicts_with = "resume")]
+    init: Option<PathBuf>,
+    /// Also keep each epoch's weights as epoch-001.safetensors, epoch-002... in
+    /// the run directory (for `wgfer average`).
+    #[arg(long)]
+    keep_epochs: bool,
     /// Train on the images as they are (no rotation, shift, shear or zoom).
     #[arg(long)]
     no_augment: bool,
@@ -123,6 +133,8 @@ impl Args {
             cosine: self.cosine,
             arch: self.arch,
             label_smoothing: self.label_smoothing,
+            init: self.init.clone(),
+            keep_epochs: self.keep_epochs,
         }))
     }
 }

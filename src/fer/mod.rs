@@ -4,6 +4,7 @@
 
 pub mod annotate;
 pub mod augment;
+pub mod average;
 pub mod bench;
 pub mod checkpoint;
 pub mod data;

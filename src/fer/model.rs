@@ -889,12 +889,21 @@ impl Model {
     /// against the model before the GPU sees any. Keras files (recognised by
     /// content, whatever their name) are converted first; see `fer::keras`.
     pub fn load(gpu: &Gpu, path: &std::path::Path) -> Result<(Model, Vec<String>)> {
-        let (bytes, origin) = weights_bytes(path)?;
-        let (arch, names) = architecture_of(&bytes, &origin)?;
-        let weights = checkpoint::load_bytes(&bytes, &origin, &arch.expected_tensors())?;
+        let (arch, names, weights) = read_weights(path)?;
         let (trainable, moving) = arch.scatter(&weights.tensors);
         Ok((Model::from_values(gpu, arch, &trainable, &moving)?, names))
     }
+}
+
+/// A weights file's layer graph, class names and checked tensors (in `params`
+/// order), without a GPU: what [`Model::load`] uploads.
+pub fn read_weights(
+    path: &std::path::Path,
+) -> Result<(Architecture, Vec<String>, checkpoint::Weights)> {
+    let (bytes, origin) = weights_bytes(path)?;
+    let (arch, names) = architecture_of(&bytes, &origin)?;
+    let weights = checkpoint::load_bytes(&bytes, &origin, &arch.expected_tensors())?;
+    Ok((arch, names, weights))
 }
 
 /// A weights file's bytes as safetensors (Keras files converted) and the

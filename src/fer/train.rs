@@ -65,6 +65,13 @@ pub struct RunConfig {
     /// validation and test always score against the true labels).
     #[serde(default)]
     pub label_smoothing: f32,
+    /// Start from these weights instead of the seeded initial ones (a
+    /// fine-tune; the optimizer starts afresh). None = from scratch.
+    #[serde(default)]
+    pub init: Option<PathBuf>,
+    /// Also keep each epoch's weights as `epoch-NNN.safetensors` (for `wgfer average`).
+    #[serde(default)]
+    pub keep_epochs: bool,
 }
 
 impl RunConfig {
@@ -359,7 +366,10 @@ fn open_trainer(
     };
     let resume = req.out.join(RESUME);
     if !(req.resume && resume.exists()) {
-        let model = Model::new(gpu, arch, config.seed)?;
+        let model = match &config.init {
+            Some(path) => initial_model(gpu, path, &arch, &config.class_names)?,
+            None => Model::new(gpu, arch, config.seed)?,
+        };
         return Ok((trainer_of(model)?, LoopState::default()));
     }
     let (model, state, m, v, trained_on) = load_resume(gpu, &resume, arch)?;
@@ -390,6 +400,34 @@ fn open_trainer(
     let mut trainer = trainer_of(model)?;
     trainer.adam.load_state(gpu, state.adam_t, &m, &v)?;
     Ok((trainer, state))
+}
+
+/// The model in `path` (`--init`), which must have the run's layer graph and classes.
+fn initial_model(
+    gpu: &Gpu,
+    path: &Path,
+    arch: &Architecture,
+    class_names: &[String],
+) -> Result<Model> {
+    let (model, names) = Model::load(gpu, path)?;
+    let have = &model.arch;
+    ensure!(
+        have.kind == arch.kind && have.num_classes == arch.num_classes,
+        "--init {}: its layer graph is `{}` with {} classes, this run's `{}` with {}",
+        path.display(),
+        have.kind.name(),
+        have.num_classes,
+        arch.kind.name(),
+        arch.num_classes
+    );
+    ensure!(
+        names == class_names,
+        "--init {}: its classes are {}, this run's {}",
+        path.display(),
+        names.join(","),
+        class_names.join(",")
+    );
+    Ok(model)
 }
 
 /// `samples.png`: the first training face of each class.
@@ -596,7 +634,13 @@ impl Session<'_> {
             self.log.say(message);
         }
         let epochs_done = state.epoch;
-        save_progress(self.out(), trainer, state, config, self.data, epochs_done)
+        save_progress(self.out(), trainer, state, config, self.data, epochs_done)?;
+        if config.keep_epochs {
+            let kept = self.out().join(epoch_file(epochs_done));
+            std::fs::copy(self.out().join(LAST), &kept)
+                .with_context(|| format!("cannot write {}", kept.display()))?;
+        }
+        Ok(())
     }
 
     /// The best weights on the test split: the table, test_metrics.json and the pictures.
@@ -765,6 +809,9 @@ fn prepare_dir(req: &TrainRequest) -> Result<(RunConfig, Option<PathBuf>)> {
         "{}: no such file",
         config.data.display()
     );
+    if let Some(init) = config.init.as_ref().filter(|p| !p.exists()) {
+        bail!("--init {}: no such file", init.display());
+    }
     let created = make_out_dir(out, req.force)?;
     Ok((config, created))
 }
@@ -783,6 +830,11 @@ fn make_out_dir(out: &Path, force: bool) -> Result<Option<PathBuf>> {
     if force {
         for f in [RESUME, BEST, LAST, "history.csv", "test_metrics.json"] {
             let _ = std::fs::remove_file(out.join(f));
+        }
+        // An old run's epochs would otherwise be averaged with the new one's.
+        let kept = std::fs::read_dir(out).into_iter().flatten().flatten();
+        for entry in kept.filter(|e| is_epoch_file(&e.file_name().to_string_lossy())) {
+            let _ = std::fs::remove_file(entry.path());
         }
     }
     // Fail now, not after an epoch, if the directory cannot be written.
@@ -854,6 +906,17 @@ fn progress_bar(quiet: bool, steps: usize, epoch: usize, epochs: usize) -> Progr
     );
     bar.set_prefix(format!("epoch {}/{}", epoch + 1, epochs));
     bar
+}
+
+/// The file `--keep-epochs` writes after `epoch` (1-based).
+fn epoch_file(epoch: usize) -> String {
+    format!("epoch-{epoch:03}.safetensors")
+}
+
+fn is_epoch_file(name: &str) -> bool {
+    name.strip_prefix("epoch-")
+        .and_then(|r| r.strip_suffix(".safetensors"))
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// `last.safetensors`, `resume.safetensors` (weights, Adam, loop state) and
@@ -1069,6 +1132,8 @@ mod tests {
             cosine: false,
             arch: ArchKind::Tutorial,
             label_smoothing: 0.0,
+            init: None,
+            keep_epochs: false,
         }
     }
 
