@@ -723,6 +723,13 @@ fn fine_tune_keep_epochs_and_average_them() {
     );
     let config = std::fs::read_to_string(tuned.join("config.json")).unwrap();
     assert!(config.contains("\"keep_epochs\": true"), "{config}");
+    // The weights record the starting model's own recipe.
+    let (meta, _) = checkpoint::peek(&std::fs::read(&one).unwrap(), "one").unwrap();
+    let record: serde_json::Value = serde_json::from_str(&meta["training"]).unwrap();
+    let init = &record["recipe"]["init"];
+    assert_eq!(init["file"], "best.safetensors", "{record}");
+    assert_eq!(init["recipe"]["epochs"], 1, "{record}");
+    assert_eq!(record["recipe"]["epochs"], 2, "{record}");
 
     let avg = dir.join("avg.safetensors");
     let o = wgfer(&["average", s(&one), s(&two), "--out", s(&avg)]);

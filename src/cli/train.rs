@@ -134,6 +134,7 @@ impl Args {
             arch: self.arch,
             label_smoothing: self.label_smoothing,
             init: self.init.clone(),
+            init_recipe: None,
             keep_epochs: self.keep_epochs,
         }))
     }

@@ -48,6 +48,18 @@ impl TrainedOn {
         let mut recipe = serde_json::to_value(config)?;
         if let Some(map) = recipe.as_object_mut() {
             map.remove("data");
+            let init_recipe = map.remove("init_recipe");
+            if let Some(init) = &config.init {
+                let file = init
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                let recipe = init_recipe.unwrap_or_default();
+                map.insert(
+                    "init".into(),
+                    serde_json::json!({"file": file, "recipe": recipe}),
+                );
+            }
         }
         Ok(TrainedOn {
             file: config

@@ -69,6 +69,10 @@ pub struct RunConfig {
     /// fine-tune; the optimizer starts afresh). None = from scratch.
     #[serde(default)]
     pub init: Option<PathBuf>,
+    /// The `--init` file's own training recipe, read when the run starts (so that
+    /// resuming needs only the run directory); None without one.
+    #[serde(default)]
+    pub init_recipe: Option<serde_json::Value>,
     /// Also keep each epoch's weights as `epoch-NNN.safetensors` (for `wgfer average`).
     #[serde(default)]
     pub keep_epochs: bool,
@@ -787,7 +791,7 @@ fn prepare_dir(req: &TrainRequest) -> Result<(RunConfig, Option<PathBuf>)> {
             _ => (saved, None),
         });
     }
-    let config = req
+    let mut config = req
         .config
         .clone()
         .ok_or_else(|| anyhow!("--data is required to start a training run"))?;
@@ -809,8 +813,13 @@ fn prepare_dir(req: &TrainRequest) -> Result<(RunConfig, Option<PathBuf>)> {
         "{}: no such file",
         config.data.display()
     );
-    if let Some(init) = config.init.as_ref().filter(|p| !p.exists()) {
-        bail!("--init {}: no such file", init.display());
+    if let Some(init) = &config.init {
+        ensure!(init.exists(), "--init {}: no such file", init.display());
+        // Through read_weights, so that a Keras file is read as `--init` will load it.
+        let (_, _, weights) = crate::fer::model::read_weights(init)?;
+        let origin = init.display().to_string();
+        config.init_recipe =
+            TrainedOn::from_metadata(&weights.metadata, &origin)?.map(|r| r.recipe);
     }
     let created = make_out_dir(out, req.force)?;
     Ok((config, created))
@@ -1133,6 +1142,7 @@ mod tests {
             arch: ArchKind::Tutorial,
             label_smoothing: 0.0,
             init: None,
+            init_recipe: None,
             keep_epochs: false,
         }
     }
