@@ -9,8 +9,9 @@ use wgfer::fer::average;
 
 /// Average the weights of one run's epochs (stochastic weight averaging).
 ///
-/// Train on at a constant learning rate with `train --keep-epochs`, then average
-/// the last epochs' files: the mean usually scores better than any one of them.
+/// Go on training a model at a constant learning rate, keeping each epoch
+/// (`train --init MODEL --lr 2e-4 --keep-epochs ...`), then average those epochs'
+/// files: the mean usually scores better than any one of them.
 /// The files must share the layer graph, the classes and the training data;
 /// batch-norm moving statistics are averaged too. Score the result with
 /// `wgfer eval --model FILE --split validation` before you prefer it.
