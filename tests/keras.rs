@@ -282,6 +282,25 @@ fn convert_writes_a_file_that_predicts_the_same() {
     );
 }
 
+/// `eval --model` takes a Keras file as every other command does (its training record,
+/// which it has none of, is read through the same conversion).
+#[test]
+fn eval_scores_a_keras_file() {
+    let sample = common::sample_csv();
+    let o = common::wgfer(&[
+        "eval",
+        "--model",
+        fixture(FULL).to_str().unwrap(),
+        "--data",
+        sample.to_str().unwrap(),
+        "--json",
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", common::text(&o));
+    let json: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(json["accuracy"].as_f64().unwrap() > 0.5, "{json}");
+}
+
 #[test]
 fn keras_files_are_recognised_by_content_not_name() {
     let dir = common::temp_dir("keras-misnamed");

@@ -12,7 +12,7 @@ use anyhow::{Result, bail, ensure};
 
 use crate::fer::checkpoint::{self, NamedTensor};
 use crate::fer::model::{self, Architecture};
-use crate::fer::provenance::TrainedOn;
+use crate::fer::provenance::{self, TrainedOn};
 
 /// The mean of several weights files, ready to save.
 pub struct Averaged {
@@ -43,12 +43,13 @@ pub fn average(paths: &[PathBuf]) -> Result<Averaged> {
         paths.len() >= 2,
         "averaging needs two weights files or more"
     );
-    let first = &paths[0];
-    let (arch, class_names, _) = model::read_weights(first)?;
-    let mut sets = Vec::with_capacity(paths.len());
-    let mut records = Vec::with_capacity(paths.len());
+    let mut files = Vec::with_capacity(paths.len());
     for path in paths {
-        let (a, names, weights) = model::read_weights(path)?;
+        files.push(model::read_weights(path)?);
+    }
+    let (arch, class_names, _) = &files[0];
+    let mut records = Vec::with_capacity(paths.len());
+    for (path, (a, names, weights)) in paths.iter().zip(&files) {
         ensure!(
             a.kind == arch.kind && names == class_names,
             "{} is a `{}` model of {}; {} a `{}` model of {}: only models of one layer graph \
@@ -56,26 +57,27 @@ pub fn average(paths: &[PathBuf]) -> Result<Averaged> {
             path.display(),
             a.kind.name(),
             names.join(","),
-            first.display(),
+            paths[0].display(),
             arch.kind.name(),
             class_names.join(",")
         );
-        records.push(TrainedOn::from_metadata(
-            &weights.metadata,
-            &path.display().to_string(),
-        )?);
-        sets.push(weights.tensors);
+        let origin = path.display().to_string();
+        records.push(TrainedOn::from_metadata(&weights.metadata, &origin)?);
     }
+    let trained_on = common_record(paths, &records)?;
+    let sets: Vec<&[NamedTensor]> = files.iter().map(|(_, _, w)| &w.tensors[..]).collect();
+    let tensors = mean_of(&sets);
+    let (arch, class_names, _) = files.swap_remove(0);
     Ok(Averaged {
-        tensors: mean_of(&sets),
-        trained_on: common_record(paths, &records)?,
+        tensors,
+        trained_on,
         arch,
         class_names,
     })
 }
 
 /// The element-wise mean (summed in f64) of tensor lists of equal names and shapes.
-pub fn mean_of(sets: &[Vec<NamedTensor>]) -> Vec<NamedTensor> {
+pub fn mean_of(sets: &[&[NamedTensor]]) -> Vec<NamedTensor> {
     let n = sets.len() as f64;
     (0..sets[0].len())
         .map(|i| {
@@ -98,16 +100,12 @@ pub fn mean_of(sets: &[Vec<NamedTensor>]) -> Vec<NamedTensor> {
 /// recipe, when every file records the same data and split; none when none
 /// records any.
 fn common_record(paths: &[PathBuf], records: &[Option<TrainedOn>]) -> Result<Option<TrainedOn>> {
-    if records.iter().all(Option::is_none) {
-        return Ok(None);
-    }
-    let same_run = |r: &Option<TrainedOn>, first: &TrainedOn| {
-        r.as_ref()
-            .is_some_and(|r| r.data == first.data && r.split == first.split && r.rows == first.rows)
-    };
     let first = records[0].as_ref();
-    if let Some(i) = (0..records.len()).find(|&i| !first.is_some_and(|f| same_run(&records[i], f)))
-    {
+    let same_run = |r: Option<&TrainedOn>| match (first, r) {
+        (Some(f), Some(r)) => r.data == f.data && r.split == f.split && r.rows == f.rows,
+        (f, r) => f.is_none() && r.is_none(),
+    };
+    if let Some(i) = records.iter().position(|r| !same_run(r.as_ref())) {
         bail!(
             "{} and {} were not trained on the same data and split (or one has no training \
              record): average the weights of one run",
@@ -115,16 +113,10 @@ fn common_record(paths: &[PathBuf], records: &[Option<TrainedOn>]) -> Result<Opt
             paths[i].display()
         );
     }
-    let first = first.expect("checked above");
-    let mut record = first.clone();
-    let names: Vec<String> = paths
-        .iter()
-        .map(|p| {
-            p.file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default()
-        })
-        .collect();
+    let Some(mut record) = first.cloned() else {
+        return Ok(None);
+    };
+    let names: Vec<String> = paths.iter().map(|p| provenance::file_name(p)).collect();
     if let Some(map) = record.recipe.as_object_mut() {
         map.insert("averaged".into(), serde_json::json!(names));
     }
@@ -148,7 +140,7 @@ mod tests {
         let a = vec![tensor("w", &[1.0, 2.0]), tensor("b", &[0.0])];
         let b = vec![tensor("w", &[3.0, -2.0]), tensor("b", &[1.0])];
         let c = vec![tensor("w", &[2.0, 3.0]), tensor("b", &[2.0])];
-        let mean = mean_of(&[a, b, c]);
+        let mean = mean_of(&[&a, &b, &c]);
         assert_eq!(mean[0], tensor("w", &[2.0, 1.0]));
         assert_eq!(mean[1], tensor("b", &[1.0]));
     }

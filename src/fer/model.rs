@@ -906,6 +906,13 @@ pub fn read_weights(
     Ok((arch, names, weights))
 }
 
+/// A weights file's metadata (a Keras file converted first), without reading
+/// its tensors further than their shapes.
+pub fn read_metadata(path: &std::path::Path) -> Result<std::collections::BTreeMap<String, String>> {
+    let (bytes, origin) = weights_bytes(path)?;
+    Ok(checkpoint::peek(&bytes, &origin)?.0)
+}
+
 /// A weights file's bytes as safetensors (Keras files converted) and the
 /// name its errors give it.
 fn weights_bytes(path: &std::path::Path) -> Result<(Vec<u8>, String)> {

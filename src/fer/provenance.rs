@@ -11,7 +11,6 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::fer::checkpoint;
 use crate::fer::data::{DataFingerprint, Dataset, SplitName};
 use crate::fer::train::RunConfig;
 
@@ -32,6 +31,13 @@ pub struct TrainedOn {
     pub recipe: serde_json::Value,
 }
 
+/// A path's last part, as records name files for people (empty when there is none).
+pub fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
 /// How the rows were split into train / validation / test.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -50,11 +56,7 @@ impl TrainedOn {
             map.remove("data");
             let init_recipe = map.remove("init_recipe");
             if let Some(init) = &config.init {
-                let file = init
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                let recipe = init_recipe.unwrap_or_default();
+                let (file, recipe) = (file_name(init), init_recipe.unwrap_or_default());
                 map.insert(
                     "init".into(),
                     serde_json::json!({"file": file, "recipe": recipe}),
@@ -62,11 +64,7 @@ impl TrainedOn {
             }
         }
         Ok(TrainedOn {
-            file: config
-                .data
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default(),
+            file: file_name(&config.data),
             data: data.clone(),
             rows: ds.len(),
             split: match ds.usage {
@@ -94,13 +92,11 @@ impl TrainedOn {
             .with_context(|| format!("{origin}: the `{META_TRAINING}` metadata is unreadable"))
     }
 
-    /// The record in the weights file at `path` (see [`TrainedOn::from_metadata`]).
+    /// The record in the weights file at `path` (see [`TrainedOn::from_metadata`]); a
+    /// Keras file, converted as `Model::load` converts it, records none.
     pub fn read(path: &Path) -> Result<Option<Self>> {
-        let origin = path.display().to_string();
-        let bytes = std::fs::read(path)
-            .with_context(|| format!("{origin}: cannot read the weights file"))?;
-        let (meta, _) = checkpoint::peek(&bytes, &origin)?;
-        Self::from_metadata(&meta, &origin)
+        let meta = crate::fer::model::read_metadata(path)?;
+        Self::from_metadata(&meta, &path.display().to_string())
     }
 
     /// Why an evaluation of the `split` part (drawn with `seed` from `rows` faces) of the

@@ -815,11 +815,7 @@ fn prepare_dir(req: &TrainRequest) -> Result<(RunConfig, Option<PathBuf>)> {
     );
     if let Some(init) = &config.init {
         ensure!(init.exists(), "--init {}: no such file", init.display());
-        // Through read_weights, so that a Keras file is read as `--init` will load it.
-        let (_, _, weights) = crate::fer::model::read_weights(init)?;
-        let origin = init.display().to_string();
-        config.init_recipe =
-            TrainedOn::from_metadata(&weights.metadata, &origin)?.map(|r| r.recipe);
+        config.init_recipe = TrainedOn::read(init)?.map(|r| r.recipe);
     }
     let created = make_out_dir(out, req.force)?;
     Ok((config, created))
